@@ -1,0 +1,143 @@
+"""The one place where NumPy and CuPy differ.
+
+A backend bundles the array module (`xp`), host/device transfers, the eigensolver and the handful of
+ops that have a CUDA kernel. The NumPy backend is the reference oracle: every op it uses is written
+with plain array code in the op's own module. The CuPy backend reuses that array code (CuPy mirrors
+NumPy's API) and swaps in the RawKernel launchers where pmm_gpu has one. Model and trainer code call
+``backend.<op>`` and never test which backend they hold.
+
+Device selection (DESIGN.md §3): ``device="cpu" | "cuda" | "auto"``; "auto" picks CUDA only when
+``cupy.is_available()`` is true. CuPy is imported lazily, never at import time of pmm_gpu.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import numpy as np
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def array_module(a):
+    """NumPy or CuPy, whichever owns ``a`` (like cupy.get_array_module, without importing CuPy)."""
+    if isinstance(a, np.ndarray) or np.isscalar(a):
+        return np
+    import cupy
+
+    return cupy.get_array_module(a)
+
+
+def cuda_status() -> tuple[bool, str]:
+    """(usable, reason). Never raises: a driverless machine reports False with the reason."""
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a broken CUDA install raising at import
+        return False, f"CuPy is not importable ({type(e).__name__}: {e}); install pmm_gpu[cuda12] or pmm_gpu[cuda13]"
+    try:
+        if cupy.is_available():
+            return True, "ok"
+    except Exception as e:
+        return False, f"cupy.is_available() failed ({type(e).__name__}: {e})"
+    return False, "CuPy is installed but sees no usable CUDA device (cupy.is_available() is False)"
+
+
+@functools.lru_cache(maxsize=None)
+def _nvtx_annotate():
+    try:
+        import nvtx
+        return nvtx.annotate
+    except Exception:
+        return None
+
+
+def nvtx_range(name: str):
+    """An NVTX range for Nsight timelines, or a no-op when the optional `nvtx` package is absent."""
+    annotate = _nvtx_annotate()
+    return annotate(name, domain="pmm_gpu") if annotate else contextlib.nullcontext()
+
+
+class NumpyBackend:
+    """CPU backend and reference oracle."""
+
+    name = "cpu"
+
+    def __init__(self):
+        from . import adam, assemble
+
+        self.xp = np
+        # Ops with a CUDA kernel; here their NumPy reference implementations.
+        self.assemble_forward = assemble.assemble_forward
+        self.assemble_backward = assemble.assemble_backward
+        self.adam_step = adam.adam_step
+
+    def asarray(self, a, dtype=None):
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def eigh(self, M):
+        """Batched Hermitian eigendecomposition: M (B, n, n) -> w (B, n) ascending, V (B, n, n)."""
+        return np.linalg.eigh(M)
+
+    def synchronize(self):
+        pass
+
+    def describe(self) -> dict:
+        return {"backend": "numpy", "device": "cpu"}
+
+
+class CupyBackend(NumpyBackend):
+    """NVIDIA GPU backend: CuPy arrays, cuSOLVER batched eigh, pmm_gpu RawKernels."""
+
+    name = "cuda"
+
+    def __init__(self):
+        import cupy
+
+        from . import adam, assemble
+
+        self.xp = cupy
+        self.assemble_forward = assemble.assemble_forward_cuda
+        self.assemble_backward = assemble.assemble_backward_cuda
+        self.adam_step = adam.adam_step_cuda
+
+    def to_numpy(self, a) -> np.ndarray:
+        return self.xp.asnumpy(a)
+
+    def eigh(self, M):
+        # cuSOLVER's batched Jacobi takes a 32-bit lwork: split batches that would overflow it.
+        from .eigen import eigh_chunked
+
+        return eigh_chunked(self.xp.linalg.eigh, M, self.xp)
+
+    def synchronize(self):
+        self.xp.cuda.get_current_stream().synchronize()
+
+    def describe(self) -> dict:
+        cupy = self.xp
+        dev = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return {"backend": "cupy", "device": f"cuda:{dev.id}", "gpu": name,
+                "compute_capability": dev.compute_capability, "cupy": cupy.__version__,
+                "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
+
+
+_BACKENDS: dict[str, NumpyBackend] = {}
+
+
+def get_backend(device: str = "auto") -> NumpyBackend:
+    """Backend for ``device`` ("auto", "cpu" or "cuda"); "cuda" without a usable GPU is a RuntimeError."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "auto":
+        device = "cuda" if cuda_status()[0] else "cpu"
+    elif device == "cuda":
+        ok, why = cuda_status()
+        if not ok:
+            raise RuntimeError(f"device='cuda' requested but no GPU is usable: {why}. Use device='cpu' or 'auto'.")
+    if device not in _BACKENDS:
+        _BACKENDS[device] = CupyBackend() if device == "cuda" else NumpyBackend()
+    return _BACKENDS[device]
