@@ -81,3 +81,41 @@ def hermitian_pack(M, field: str):
         return xp.ascontiguousarray(a)
     return xp.concatenate([a, M[..., is_, js].imag], axis=-1)
 
+
+
+def assemble_forward_cuda(Mp, n: int, field: str):
+    """RawKernel version of assemble_forward (kernels/assemble.cu): Mp (B, P) float32/float64 on the
+    device -> M (B, n, n), real (field "real") or complex64/complex128 (field "complex")."""
+    from . import _cuda
+
+    xp = array_module(Mp)
+    if Mp.ndim != 2 or Mp.shape[1] != packed_size(n, field):
+        raise ValueError(f"Mp must be (B, {packed_size(n, field)}) for n={n}, field={field!r}; got {Mp.shape}")
+    Mp = xp.ascontiguousarray(Mp)
+    B = Mp.shape[0]
+    dtype = Mp.dtype if field == "real" else np.result_type(Mp.dtype, np.complex64)
+    M = xp.empty((B, n, n), dtype=dtype)
+    grid, block = _cuda.grid_for(B * n * n)
+    _cuda.get_kernel("assemble_forward", Mp.dtype, M.dtype)(grid, block, (Mp, M, B, n))
+    return M
+
+
+def assemble_backward_cuda(Abar, n: int, field: str):
+    """RawKernel version of assemble_backward: Ā (B, n, n) on the device -> (B, P) real cotangent."""
+    from . import _cuda
+
+    xp = array_module(Abar)
+    if Abar.ndim != 3 or Abar.shape[1:] != (n, n):
+        raise ValueError(f"Abar must be (B, {n}, {n}); got {Abar.shape}")
+    # The kernel reads Ā in the field's element type; a mismatched Ā contributes only that part.
+    is_complex = xp.iscomplexobj(Abar)
+    if field == "real" and is_complex:
+        Abar = Abar.real
+    elif field == "complex" and not is_complex:
+        Abar = Abar.astype(np.result_type(Abar.dtype, np.complex64))
+    Abar = xp.ascontiguousarray(Abar)
+    B = Abar.shape[0]
+    grad = xp.empty((B, packed_size(n, field)), dtype=np.finfo(Abar.dtype).dtype)
+    grid, block = _cuda.grid_for(grad.size)
+    _cuda.get_kernel("assemble_backward", grad.dtype, Abar.dtype)(grid, block, (Abar, grad, B, n))
+    return grad
