@@ -70,6 +70,9 @@ class Emulator:
 
     def __init__(self, source: pathlib.Path, kernels: list[Kernel], *, sanitize: str | None = None):
         self.source, self.kernels, self.sanitize = pathlib.Path(source).resolve(), kernels, sanitize
+        if sanitize == "thread" and "libtsan" not in os.environ.get("LD_PRELOAD", ""):
+            raise RuntimeError("a ThreadSanitizer library loads only into a process started with the TSan "
+                               "runtime preloaded: run it in a subprocess with env=tsan_env()")
         self.path = self.build()
         self.lib = ctypes.CDLL(str(self.path))
 
@@ -77,8 +80,8 @@ class Emulator:
         """Compile (or reuse from the cache) the library; returns its path."""
         code = wrapper_source(self.source, self.kernels)
         flags = [*CXXFLAGS, *SANITIZE_FLAGS[self.sanitize], f"-I{EMU_DIR}", f"-I{_cuda.kernel_dir()}"]
-        inputs = [code, " ".join(flags), (EMU_DIR / "cuda_emu.h").read_text(),
-                  _cuda.family_source(self.source.stem, self.source.parent)]
+        headers = sorted([*EMU_DIR.glob("*.h"), *_cuda.kernel_dir().glob("*.cuh")])
+        inputs = [code, " ".join(flags), self.source.read_text(), *(h.read_text() for h in headers)]
         key = hashlib.sha256("\0".join(inputs).encode()).hexdigest()[:20]
         lib = CACHE_DIR / f"{self.source.stem}-{key}.so"
         if lib.exists():
