@@ -3,6 +3,18 @@ with a NumPy backend that runs the same API on the CPU and serves as the referen
 from .backend import cuda_status, get_backend
 from .io import load
 from .model import AffineEigenvaluePMM
+from .observable import AffineObservablePMM
 
 __version__ = "0.1.0"
-__all__ = ["AffineEigenvaluePMM", "load", "get_backend", "cuda_status", "__version__"]
+__all__ = ["AffineEigenvaluePMM", "AffineObservablePMM", "PMMRegressor", "PMMClassifier", "load",
+           "get_backend", "cuda_status", "__version__"]
+
+
+def __getattr__(name):
+    # The estimators import scikit-learn's base classes when it is installed: load them on first use
+    # so that `import pmm_gpu` never imports scikit-learn.
+    if name in ("PMMRegressor", "PMMClassifier"):
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'pmm_gpu' has no attribute {name!r}")
