@@ -211,7 +211,7 @@ class AffineEigenvaluePMM(PMM):
 
     def __init__(self, n: int, n_features: int, n_eig: int = 1, which: str = "SA", **kwargs):
         self.n_eig = checks.positive_int("n_eig", n_eig)
-        if n_eig > n:
+        if n_eig > checks.positive_int("n", n):
             raise ValueError(f"n_eig must be <= n = {n}, got {n_eig}")
         self.which = checks.choice("which", which, WHICH)
         super().__init__(n, n_features, **kwargs)
