@@ -116,7 +116,7 @@ def get_kernel(name: str, *dtypes):
     import cupy
 
     kernel = KERNELS[name]
-    targs = tuple(CTYPES[np.dtype(d)] for d in dtypes)
+    targs = tuple(CTYPES.get(np.dtype(d), "?") for d in dtypes)
     if targs not in kernel.instances:
         raise TypeError(f"{name} has no instantiation for dtypes {[str(np.dtype(d)) for d in dtypes]}")
     return _module(kernel.family, cupy.cuda.Device().id).get_function(kernel.expression(targs))
