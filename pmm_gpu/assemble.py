@@ -41,34 +41,81 @@ def triu_pairs(n: int):
     return np.triu_indices(n), np.triu_indices(n, 1)
 
 
-def assemble_forward(Mp, n: int, field: str):
-    """Unpack Mp (B, P) real into M (B, n, n), real-symmetric or complex-Hermitian."""
-    xp = array_module(Mp)
+@functools.lru_cache(maxsize=None)
+def _flat_maps(n: int, field: str):
+    """Flat index maps between the packed vector and the row-major n² entries of the full matrix.
+
+    Forward (gather, one entry of M per output element): Re M_ij = Mp[re_idx], Im M_ij = im_sign · Mp[im_idx]
+    (im_sign 0 on the diagonal and for field "real", ±1 above/below it). Backward: the flat positions
+    of (i, j) and (j, i) over the upper triangle (up, lo) and the strict upper triangle (sup, slo),
+    and the weight ½ on the diagonal. NumPy arrays; ``_maps`` moves them to the inputs' array module.
+    """
     (iu, ju), (is_, js) = triu_pairs(n)
-    B, T = Mp.shape[0], len(iu)
+    T = len(iu)
+    re_idx = np.zeros((n, n), np.intp)
+    re_idx[iu, ju] = re_idx[ju, iu] = np.arange(T)
+    im_idx = np.zeros((n, n), np.intp)
+    im_sign = np.zeros((n, n))
+    if field == "complex":
+        im_idx[is_, js] = im_idx[js, is_] = T + np.arange(len(is_))
+        im_sign[is_, js], im_sign[js, is_] = 1.0, -1.0
+    return {"re_idx": re_idx.ravel(), "im_idx": im_idx.ravel(), "im_sign": im_sign.ravel(),
+            "up": iu * n + ju, "lo": ju * n + iu, "sup": is_ * n + js, "slo": js * n + is_,
+            "half_diag": np.where(iu == ju, 0.5, 1.0)}
+
+
+def _maps(n: int, field: str, xp, dtype):
+    maps = _flat_maps(n, field)
+    if xp is np:
+        return maps
+    return _device_maps(n, field, xp, np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _device_maps(n: int, field: str, xp, dtype):
+    return {k: xp.asarray(v, dtype=dtype if v.dtype.kind == "f" else None) for k, v in _flat_maps(n, field).items()}
+
+
+def assemble_forward(Mp, n: int, field: str):
+    """Unpack Mp (B, P) real into M (B, n, n), real-symmetric or complex-Hermitian.
+
+    A gather per output element (``_flat_maps``): one ``take`` for the real parts, one for the
+    imaginary parts, written straight into the complex result; no scatter through 2-D fancy indices.
+    """
+    xp = array_module(Mp)
+    B = Mp.shape[0]
+    f = _maps(n, field, xp, Mp.dtype)
+    re = xp.take(Mp, f["re_idx"], axis=1)  # (B, n²)
     if field == "real":
-        M = xp.empty((B, n, n), dtype=Mp.dtype)
-        M[:, iu, ju] = Mp[:, :T]
-        M[:, ju, iu] = Mp[:, :T]
-        return M
-    M = xp.empty((B, n, n), dtype=np.result_type(Mp.dtype, np.complex64))
-    M[:, iu, ju] = Mp[:, :T]
-    M[:, js, is_] = Mp[:, :T][:, iu != ju]
-    M[:, is_, js] += 1j * Mp[:, T:]
-    M[:, js, is_] -= 1j * Mp[:, T:]
-    return M
+        return re.reshape(B, n, n)
+    M = xp.empty((B, n * n), dtype=np.result_type(Mp.dtype, np.complex64))
+    M.real[...] = re
+    M.imag[...] = xp.take(Mp, f["im_idx"], axis=1) * f["im_sign"].astype(Mp.dtype, copy=False)
+    return M.reshape(B, n, n)
 
 
 def assemble_backward(Abar, n: int, field: str):
-    """Adjoint of assemble_forward: Ā (B, n, n) -> packed cotangent (B, P) real (see module doc)."""
+    """Adjoint of assemble_forward: Ā (B, n, n) -> packed cotangent (B, P) real (see module doc).
+
+    Gathers on the flat (B, n²) view: sym = ½^[i=j] Re(Ā_ij + Ā_ji) over i <= j, anti = Im(Ā_ij − Ā_ji)
+    over i < j; real arithmetic only.
+    """
     xp = array_module(Abar)
-    (iu, ju), (is_, js) = triu_pairs(n)
-    sym = Abar[:, iu, ju] + Abar[:, ju, iu]
-    sym[:, iu == ju] *= 0.5  # the diagonal appears once in M, not twice
+    B = Abar.shape[0]
+    A = Abar.reshape(B, n * n)  # (B, n²)
+    Ar = A.real
+    f = _maps(n, field, xp, Ar.dtype)
+    sym = xp.take(Ar, f["up"], axis=1)
+    sym += xp.take(Ar, f["lo"], axis=1)
+    sym *= f["half_diag"].astype(Ar.dtype, copy=False)  # the diagonal appears once in M, not twice
     if field == "real":
-        return xp.ascontiguousarray(sym.real)
-    anti = (Abar[:, is_, js] - Abar[:, js, is_]).imag
-    return xp.concatenate([sym.real, anti], axis=1)
+        return sym
+    if not xp.iscomplexobj(A):
+        return xp.concatenate([sym, xp.zeros((B, n * (n - 1) // 2), dtype=sym.dtype)], axis=1)
+    Ai = A.imag
+    anti = xp.take(Ai, f["sup"], axis=1)
+    anti -= xp.take(Ai, f["slo"], axis=1)
+    return xp.concatenate([sym, anti], axis=1)
 
 
 def hermitian_pack(M, field: str):
