@@ -34,7 +34,8 @@ SANITIZE_FLAGS = {None: (), "thread": ("-fsanitize=thread", "-g")}
 # Scalar C types a kernel may take, as ctypes; every pointer is passed as c_void_p.
 SCALARS = {"long long": ctypes.c_longlong, "double": ctypes.c_double, "int": ctypes.c_int,
            "float": ctypes.c_float}
-DTYPES = {c: d for d, c in CTYPES.items()}  # C element type -> numpy dtype
+DTYPES = {**{c: d for d, c in CTYPES.items()},  # C element type -> numpy dtype
+          "int": np.dtype(np.int32), "long long": np.dtype(np.int64)}
 
 
 def wrapper_source(source: pathlib.Path, kernels: list[Kernel]) -> str:
@@ -130,7 +131,7 @@ def family(name: str) -> Emulator:
 def get_kernel(name: str, *dtypes):
     """Drop-in for ``pmm_gpu._cuda.get_kernel`` on NumPy arrays: lets the ``*_cuda`` launchers run on
     the CPU (monkeypatch it in), so their argument order, dtypes and grid sizes are tested too."""
-    targs = tuple(CTYPES[np.dtype(d)] for d in dtypes)
+    targs = _cuda.template_args(dtypes)
     emu = family(KERNELS[name].family)
     return lambda grid, block, args: emu.launch(name, targs, grid, block, *args)
 

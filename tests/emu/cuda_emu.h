@@ -67,6 +67,8 @@ using std::abs;
 using std::exp;
 using std::fabs;
 using std::fma;
+using std::frexp;
+using std::ldexp;
 using std::log;
 using std::sqrt;
 inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
