@@ -90,3 +90,50 @@ def eigh_chunked(eigh, M, xp, max_batch: int | None = None):
     for s in range(0, B, step):
         w[s:s + step], V[s:s + step] = eigh(M[s:s + step])
     return w, V
+
+
+def _vjp_block(work: int) -> int:
+    """Threads of a one-block-per-item launch: ``work`` entries rounded up to whole warps, at most 256."""
+    return min(256, max(32, -(-work // 32) * 32))
+
+
+def eigh_vjp_cuda(w, V, wbar, Vbar, eta: float):
+    """RawKernel version of eigh_vjp (kernels/eigen_vjp.cu), same arguments and result.
+
+    One block per sample forms Ā with V, G = diag(λ̄) + F ∘ (Vᴴ V̄) and V G in shared memory tiles;
+    n above the largest tile (32) falls back to eigh_vjp's array code (cuBLAS batched matmuls).
+    w (B, n) real, V (B, n, n), wbar (B, n) or None, Vbar (B, n, n) on the device -> Ā (B, n, n).
+    """
+    from . import _cuda
+
+    xp = array_module(V)
+    B, n = V.shape[0], V.shape[-1]
+    tile = _cuda.tile_for(n)
+    if tile is None:
+        return eigh_vjp(w, V, wbar, Vbar, eta)
+    real = np.finfo(V.dtype).dtype
+    V, Vbar = xp.ascontiguousarray(V), xp.ascontiguousarray(Vbar, dtype=V.dtype)
+    w = xp.ascontiguousarray(w, dtype=real)
+    wbar = xp.zeros((B, n), real) if wbar is None else xp.ascontiguousarray(wbar, dtype=real)
+    Abar = xp.empty_like(V)
+    kernel = _cuda.get_kernel("eigh_vjp", real, V.dtype, tile)
+    kernel((max(1, min(B, _cuda.MAX_GRID)),), (_vjp_block(n * n),), (w, V, wbar, Vbar, Abar, B, n, float(eta)))
+    return Abar
+
+
+def eigvals_vjp_cuda(V_S, wbar_S):
+    """RawKernel version of eigvals_vjp: Ā_ij = Σ_s ȳ_s V_is conj(V_js) in one launch, no temporaries.
+
+    V_S (B, n, k), wbar_S (B, k) real on the device -> Ā (B, n, n).
+    """
+    from . import _cuda
+
+    xp = array_module(V_S)
+    B, n, k = V_S.shape
+    real = np.finfo(V_S.dtype).dtype
+    V_S = xp.ascontiguousarray(V_S)
+    wbar_S = xp.ascontiguousarray(wbar_S, dtype=real)
+    Abar = xp.empty((B, n, n), V_S.dtype)
+    grid, block = _cuda.grid_for(B * n * n)
+    _cuda.get_kernel("eigvals_vjp", real, V_S.dtype)(grid, block, (V_S, wbar_S, Abar, B, n, k))
+    return Abar
