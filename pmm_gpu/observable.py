@@ -14,6 +14,8 @@ K = n_outputs·n_secondaries secondaries with matmul; no loop over pairs (i, j) 
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import checks
@@ -128,6 +130,9 @@ class AffineObservablePMM(PMM):
         self.centered = bool(checks.choice("centered", centered, (True, False)))
         self.bias = bool(checks.choice("bias", bias, (True, False)))
         self.eta = checks.finite_float("eta", eta, minimum=0.0)
+        if self.n_eig == n:
+            warnings.warn(f"n_eig = n = {n}: every eigenvector is selected, so V_S V_Sᴴ = 1 and the outputs "
+                          "(‖D‖_F² or tr D) do not depend on x; choose n_eig < n", UserWarning, stacklevel=2)
         self.extra_state: dict[str, np.ndarray] = {}  # saved with the model (io.save/load)
         super().__init__(n, n_features, **kwargs)
 
@@ -208,3 +213,56 @@ class AffineObservablePMM(PMM):
         Vbar[xp.arange(B)[:, None], :, idx] = Vbar_S.swapaxes(1, 2)
         Abar = eigh_vjp(w, V, None, Vbar, self.eta)
         self._grads["primaries"][...] = self._assemble_backward(X1, Abar)
+
+
+def observable_forward_cuda(V_S, D, form: str):
+    """RawKernel version of observable_forward (kernels/observable.cu): same arguments and results.
+
+    One block per (sample, secondary) forms D_k V_S and Q_k in shared memory and reduces t; n above
+    the largest tile (32) falls back to the array code.
+    V_S (B, n, r), D (K, n, n) on the device -> t (B, K), DV (B, K, n, r), Q (B, K, r, r).
+    """
+    from . import _cuda
+
+    xp = array_module(V_S)
+    B, n, r = V_S.shape
+    K = D.shape[0]
+    tile = _cuda.tile_for(n)
+    if tile is None:
+        return observable_forward(V_S, D, form)
+    V_S, D = xp.ascontiguousarray(V_S), xp.ascontiguousarray(D, dtype=V_S.dtype)
+    real = np.finfo(V_S.dtype).dtype
+    t = xp.empty((B, K), real)
+    DV = xp.empty((B, K, n, r), V_S.dtype)
+    Q = xp.empty((B, K, r, r), V_S.dtype)
+    block = min(256, max(32, -(-max(n * r, r * r) // 32) * 32))
+    kernel = _cuda.get_kernel("observable_forward", real, V_S.dtype, tile)
+    kernel((max(1, min(B * K, _cuda.MAX_GRID)),), (block,), (V_S, D, t, DV, Q, B, K, n, r, FORMS.index(form)))
+    return t, DV, Q
+
+
+def observable_backward_cuda(V_S, DV, Q, tbar, form: str):
+    """RawKernel version of observable_backward: same arguments and results.
+
+    One launch gives V̄_S and, for the transition form, W_bk = V_S Q̄_bk written in the (K, n, B, r)
+    layout of the D̄ GEMM; D̄ = Σ_b (W_bk or t̄_bk V_S) V_Sᴴ is then one cuBLAS GEMM, as in the reference.
+    """
+    from . import _cuda
+
+    xp = array_module(V_S)
+    B, n, r = V_S.shape
+    K = DV.shape[1]
+    real = np.finfo(V_S.dtype).dtype
+    V_S, DV, Q = (xp.ascontiguousarray(a, dtype=V_S.dtype) for a in (V_S, DV, Q))
+    tbar = xp.ascontiguousarray(tbar, dtype=real)
+    Vbar_S = xp.empty_like(V_S)
+    W = xp.empty((K, n, B, r) if form == "transition" else (1,), V_S.dtype)
+    grid, block = _cuda.grid_for(B * n * r)
+    _cuda.get_kernel("observable_backward", real, V_S.dtype)(
+        grid, block, (V_S, DV, Q, tbar, Vbar_S, W, B, K, n, r, FORMS.index(form)))
+    Vh = xp.conj(V_S.swapaxes(1, 2))  # (B, r, n)
+    if form == "transition":
+        Dbar = (W.reshape(K * n, B * r) @ Vh.reshape(B * r, n)).reshape(K, n, n)  # (K·n, B·r) @ (B·r, n)
+    else:
+        Dbar = (tbar.T.astype(V_S.dtype) @ (V_S @ Vh).reshape(B, n * n)).reshape(K, n, n)  # (K, B) @ (B, n²)
+    return Vbar_S, Dbar

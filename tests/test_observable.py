@@ -93,22 +93,23 @@ def test_api_shapes_and_defaults():
     assert (m.n_eig, m.n_secondaries, m.which, m.form, m.centered, m.bias, m.n_outputs) == \
         (4, 1, "LM", "transition", True, True, 1)
     assert m.eta == 1e-4
-    assert pg.AffineObservablePMM(n=3, n_features=1, device="cpu").n_eig == 3
-    m = pg.AffineObservablePMM(n=4, n_features=2, n_outputs=3, n_secondaries=2, field="real", device="cpu")
+    with pytest.warns(UserWarning, match="do not depend on x"):
+        assert pg.AffineObservablePMM(n=3, n_features=1, device="cpu").n_eig == 3
+    m = pg.AffineObservablePMM(n=4, n_eig=2, n_features=2, n_outputs=3, n_secondaries=2, field="real", device="cpu")
     assert m.matrices().shape == (3, 4, 4)
     D = m.secondaries()
     assert D.shape == (3, 2, 4, 4) and np.array_equal(D, D.swapaxes(-1, -2))
     assert m.params["bias"].shape == (3,) and m.params["secondaries"].shape == (3, 2, 10)
     assert m.n_params == 3 * 10 + 6 * 10 + 3
-    assert "bias" not in pg.AffineObservablePMM(n=4, n_features=2, bias=False, device="cpu").params
-    Dc = pg.AffineObservablePMM(n=4, n_features=1, n_outputs=2, device="cpu").secondaries()
+    assert "bias" not in pg.AffineObservablePMM(n=4, n_eig=2, n_features=2, bias=False, device="cpu").params
+    Dc = pg.AffineObservablePMM(n=4, n_eig=2, n_features=1, n_outputs=2, device="cpu").secondaries()
     assert np.allclose(Dc, np.conj(Dc.swapaxes(-1, -2)), atol=0) and np.iscomplexobj(Dc)
     with pytest.raises(ValueError, match="form"):
-        pg.AffineObservablePMM(n=4, n_features=1, form="bogus", device="cpu")
+        pg.AffineObservablePMM(n=4, n_eig=2, n_features=1, form="bogus", device="cpu")
     with pytest.raises(ValueError, match="n_eig"):
         pg.AffineObservablePMM(n=4, n_features=1, n_eig=5, device="cpu")
     with pytest.raises(ValueError, match="eta"):
-        pg.AffineObservablePMM(n=4, n_features=1, eta=-1.0, device="cpu")
+        pg.AffineObservablePMM(n=4, n_eig=2, n_features=1, eta=-1.0, device="cpu")
 
 
 def test_initial_outputs_are_order_one():
