@@ -137,7 +137,8 @@ def test_load_digits_accuracy():
     X, y = load_digits(return_X_y=True)
     Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
     t0 = time.perf_counter()
-    clf = pg.PMMClassifier(n=8, epochs=30, batch_size=64, lr=0.02, device="cpu", random_state=0).fit(Xtr, ytr)
+    clf = pg.PMMClassifier(n=8, epochs=30, batch_size=64, lr=0.02, input_scaling="minmax", device="cpu",
+                           random_state=0).fit(Xtr, ytr)
     acc = clf.score(Xte, yte)
     print(f"load_digits: test accuracy {acc:.4f}, {clf.model_.n_params} parameters, "
           f"{time.perf_counter() - t0:.1f} s")
