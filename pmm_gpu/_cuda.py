@@ -24,6 +24,7 @@ import numpy as np
 
 BLOCK = 256  # threads per block of the grid-stride kernels
 MAX_GRID = 65536  # enough blocks to fill any current GPU; larger problems loop (grid-stride)
+TILES = (8, 16, 32)  # compile-time bounds on n of the shared-memory kernels (eigh_vjp, observable_forward)
 
 # numpy dtype -> the C type naming it in template arguments
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
@@ -52,6 +53,7 @@ class Kernel:
 
 _REALS = ("float", "double")
 _FIELD_PAIRS = tuple((r, s) for r in _REALS for s in (r, f"cplx<{r}>"))
+_TILED = tuple((*pair, str(t)) for pair in _FIELD_PAIRS for t in TILES)
 
 KERNELS = {k.name: k for k in (
     Kernel("assemble", "assemble_forward", ("R", "S"),
@@ -70,6 +72,19 @@ KERNELS = {k.name: k for k in (
            (("x", "const R*"), ("Pp", "const R*"), ("w", "R*"), ("V", "S*"), ("sweeps", "int*"),
             ("B", "long long"), ("n", "long long"), ("p", "long long"), ("max_sweeps", "long long"),
             ("tol", "double")), _FIELD_PAIRS),
+    Kernel("eigen_vjp", "eigh_vjp", ("R", "S", "TILE"),
+           (("w", "const R*"), ("V", "const S*"), ("wbar", "const R*"), ("Vbar", "const S*"), ("Abar", "S*"),
+            ("B", "long long"), ("n", "long long"), ("eta", "double")), _TILED),
+    Kernel("eigen_vjp", "eigvals_vjp", ("R", "S"),
+           (("V_S", "const S*"), ("ybar", "const R*"), ("Abar", "S*"), ("B", "long long"), ("n", "long long"),
+            ("k", "long long")), _FIELD_PAIRS),
+    Kernel("observable", "observable_forward", ("R", "S", "TILE"),
+           (("V_S", "const S*"), ("D", "const S*"), ("t", "R*"), ("DV", "S*"), ("Q", "S*"), ("B", "long long"),
+            ("K", "long long"), ("n", "long long"), ("r", "long long"), ("form", "long long")), _TILED),
+    Kernel("observable", "observable_backward", ("R", "S"),
+           (("V_S", "const S*"), ("DV", "const S*"), ("Q", "const S*"), ("tbar", "const R*"), ("Vbar_S", "S*"),
+            ("W", "S*"), ("B", "long long"), ("K", "long long"), ("n", "long long"), ("r", "long long"),
+            ("form", "long long")), _FIELD_PAIRS),
 )}
 
 
@@ -117,13 +132,24 @@ def _module(family: str, device_id: int):
                               name_expressions=name_expressions(family))
 
 
+def template_args(dtypes) -> tuple[str, ...]:
+    """Template arguments from dtypes (their C types) and ints (compile-time sizes such as a tile)."""
+    return tuple(str(d) if isinstance(d, int) else CTYPES.get(np.dtype(d), "?") for d in dtypes)
+
+
+def tile_for(n: int) -> int | None:
+    """The smallest tile of ``TILES`` that holds an n×n matrix, or None when n is too large."""
+    return next((t for t in TILES if n <= t), None)
+
+
 def get_kernel(name: str, *dtypes):
     """The compiled instantiation of ``name`` whose template arguments are the C types of ``dtypes``
-    (one dtype per template parameter), on the current device; a ``cupy.RawKernel``."""
+    (one dtype, or an int for a size parameter, per template parameter), on the current device;
+    a ``cupy.RawKernel``."""
     import cupy
 
     kernel = KERNELS[name]
-    targs = tuple(CTYPES.get(np.dtype(d), "?") for d in dtypes)
+    targs = template_args(dtypes)
     if targs not in kernel.instances:
         raise TypeError(f"{name} has no instantiation for dtypes {[str(np.dtype(d)) for d in dtypes]}")
     return _module(kernel.family, cupy.cuda.Device().id).get_function(kernel.expression(targs))

@@ -63,12 +63,16 @@ class NumpyBackend:
     name = "cpu"
 
     def __init__(self):
-        from . import adam, assemble
+        from . import adam, assemble, eigen, observable
 
         self.xp = np
         # Ops with a CUDA kernel; here their NumPy reference implementations.
         self.assemble_forward = assemble.assemble_forward
         self.assemble_backward = assemble.assemble_backward
+        self.eigh_vjp = eigen.eigh_vjp
+        self.eigvals_vjp = eigen.eigvals_vjp
+        self.observable_forward = observable.observable_forward
+        self.observable_backward = observable.observable_backward
         self.adam_step = adam.adam_step
 
     def asarray(self, a, dtype=None):
@@ -96,11 +100,15 @@ class CupyBackend(NumpyBackend):
     def __init__(self):
         import cupy
 
-        from . import adam, assemble
+        from . import adam, assemble, eigen, observable
 
         self.xp = cupy
         self.assemble_forward = assemble.assemble_forward_cuda
         self.assemble_backward = assemble.assemble_backward_cuda
+        self.eigh_vjp = eigen.eigh_vjp_cuda
+        self.eigvals_vjp = eigen.eigvals_vjp_cuda
+        self.observable_forward = observable.observable_forward_cuda
+        self.observable_backward = observable.observable_backward_cuda
         self.adam_step = adam.adam_step_cuda
 
     def to_numpy(self, a) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 from . import checks
 from .assemble import FIELDS, hermitian_pack, packed_size
 from .backend import DEVICES, get_backend, nvtx_range
-from .eigen import WHICH, eigvals_vjp, select, select_indices
+from .eigen import WHICH, select, select_indices
 from .losses import get_loss
 
 DTYPES = ("float32", "float64")
@@ -233,7 +233,7 @@ class AffineEigenvaluePMM(PMM):
 
     def _backward(self, cache, gout):
         X1, V_S = cache
-        self._grads["primaries"][...] = self._assemble_backward(X1, eigvals_vjp(V_S, gout))
+        self._grads["primaries"][...] = self._assemble_backward(X1, self.backend.eigvals_vjp(V_S, gout))
 
 
 def _is_dtype(d) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import checks
 from .backend import array_module, nvtx_range
-from .eigen import WHICH, eigh_vjp, select, select_indices
+from .eigen import WHICH, select, select_indices
 from .model import PMM
 
 FORMS = ("transition", "expectation")
@@ -184,7 +184,7 @@ class AffineObservablePMM(PMM):
             idx = select_indices(w, self.n_eig, self.which)  # (B, r)
             _, V_S = select(w, V, idx)  # (B, n, r)
             D = self.backend.assemble_forward(self.params["secondaries"].reshape(Qn * l, self.P), self.n, self.field)
-            t, DV, Q = observable_forward(V_S, D, self.form)  # (B, K)
+            t, DV, Q = self.backend.observable_forward(V_S, D, self.form)  # (B, K)
             z = t.reshape(-1, Qn, l).sum(axis=2)  # (B, Q)
             G = None
             if self.centered:
@@ -202,7 +202,7 @@ class AffineObservablePMM(PMM):
         X1, w, V, idx, V_S, DV, Q, G = cache
         B, l = gout.shape[0], self.n_secondaries
         tbar = xp.repeat(gout, l, axis=1)  # (B, K): ∂z_q/∂t_qm = 1
-        Vbar_S, Dbar = observable_backward(V_S, DV, Q, tbar, self.form)
+        Vbar_S, Dbar = self.backend.observable_backward(V_S, DV, Q, tbar, self.form)
         if self.centered:
             Dbar = Dbar - tbar.sum(axis=0)[:, None, None] * G  # ∂z_q/∂c_qm = −1
         self._grads["secondaries"][...] = self.backend.assemble_backward(Dbar, self.n, self.field).reshape(
@@ -211,7 +211,7 @@ class AffineObservablePMM(PMM):
             self._grads["bias"][...] = gout.sum(axis=0)
         Vbar = xp.zeros_like(V)  # (B, n, n): zero outside the selected columns
         Vbar[xp.arange(B)[:, None], :, idx] = Vbar_S.swapaxes(1, 2)
-        Abar = eigh_vjp(w, V, None, Vbar, self.eta)
+        Abar = self.backend.eigh_vjp(w, V, None, Vbar, self.eta)
         self._grads["primaries"][...] = self._assemble_backward(X1, Abar)
 
 

@@ -131,7 +131,7 @@ def family(name: str) -> Emulator:
 def get_kernel(name: str, *dtypes):
     """Drop-in for ``pmm_gpu._cuda.get_kernel`` on NumPy arrays: lets the ``*_cuda`` launchers run on
     the CPU (monkeypatch it in), so their argument order, dtypes and grid sizes are tested too."""
-    targs = tuple(CTYPES[np.dtype(d)] for d in dtypes)
+    targs = _cuda.template_args(dtypes)
     emu = family(KERNELS[name].family)
     return lambda grid, block, args: emu.launch(name, targs, grid, block, *args)
 
