@@ -1,0 +1,165 @@
+"""eigen_vjp kernels (kernels/eigen_vjp.cu) against the NumPy references eigh_vjp / eigvals_vjp
+(pmm_gpu/eigen.py): emulated on the CPU (also under ThreadSanitizer), through the launchers with an
+emulated loader, and on a GPU when one exists."""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import emulator
+from pmm_gpu import _cuda
+from pmm_gpu.eigen import eigh_vjp, eigh_vjp_cuda, eigvals_vjp, eigvals_vjp_cuda
+
+TOL = {np.float32: 1e-5, np.float64: 1e-12}  # relative to the largest reference entry
+DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
+NS, BS = (1, 2, 3, 5, 7), (1, 3)
+
+
+def real_of(dtype):
+    return np.finfo(dtype).dtype.type
+
+
+def assert_close(out, ref, dtype):
+    assert out.dtype == ref.dtype and out.shape == ref.shape
+    scale = max(1.0, float(np.abs(ref).max(initial=0)))
+    err = float(np.abs(out - ref).max(initial=0))
+    assert err <= TOL[real_of(dtype)] * scale, f"max error {err:.3e} (scale {scale:.3e})"
+
+
+def random_matrices(rng, shape, dtype):
+    a = rng.standard_normal(shape)
+    if np.issubdtype(dtype, np.complexfloating):
+        a = a + 1j * rng.standard_normal(shape)
+    return a.astype(dtype)
+
+
+def problem(rng, B, n, dtype, degenerate=False):
+    """w, V of random Hermitian matrices (an exactly degenerate pair when asked), random λ̄ and V̄."""
+    A = random_matrices(rng, (B, n, n), dtype)
+    A = A + np.conj(A.swapaxes(1, 2))
+    if degenerate:  # same eigenvectors, eigenvalues (1, 1, 2, 3, ...)
+        _, U = np.linalg.eigh(A)
+        lam = np.r_[1.0, np.arange(1, n)].astype(real_of(dtype))
+        A = ((U * lam[None, None]) @ np.conj(U.swapaxes(1, 2))).astype(dtype)
+    w, V = np.linalg.eigh(A)
+    return w, V, rng.standard_normal((B, n)).astype(w.dtype), random_matrices(rng, (B, n, n), dtype)
+
+
+def launches(B, n):
+    """(grid, block): fewer threads than entries and fewer blocks than samples (both loops stride),
+    one warp-sized block per sample, and more blocks than samples."""
+    return [(1, 3), (max(1, B - 1), 32), (B + 2, 5)]
+
+
+def run_eigh_vjp(emu, w, V, wbar, Vbar, eta, tile, grid, block):
+    B, n = w.shape
+    out = np.full(V.shape, np.nan, V.dtype)
+    emu.launch("eigh_vjp", _cuda.template_args((w.dtype, V.dtype, tile)), grid, block, w, V, wbar, Vbar, out, B, n, eta)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B", BS)
+@pytest.mark.parametrize("n", NS)
+def test_eigh_vjp_emulated(n, B, dtype):
+    rng = np.random.default_rng(10 * n + B)
+    emu = emulator.family("eigen_vjp")
+    for eta, degenerate in ((0.0, False), (1e-3, False), (0.3, True)):
+        w, V, wbar, Vbar = problem(rng, B, n, dtype, degenerate)
+        ref = eigh_vjp(w, V, wbar, Vbar, eta)
+        for tile in _cuda.TILES:  # every tile that holds n
+            for grid, block in launches(B, n):
+                assert_close(run_eigh_vjp(emu, w, V, wbar, Vbar, eta, tile, grid, block), ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B", BS)
+@pytest.mark.parametrize("n", NS)
+def test_eigvals_vjp_emulated(n, B, dtype):
+    rng = np.random.default_rng(10 * n + B)
+    emu = emulator.family("eigen_vjp")
+    w, V, _, _ = problem(rng, B, n, dtype)
+    for k in sorted({1, (n + 1) // 2, n}):
+        V_S = np.ascontiguousarray(V[:, :, n - k:])
+        ybar = rng.standard_normal((B, k)).astype(w.dtype)
+        ref = eigvals_vjp(V_S, ybar)
+        for grid, block in ((1, 3), (B * n * n // 2 + 3, 2)):
+            out = np.full(ref.shape, np.nan, ref.dtype)
+            emu.launch("eigvals_vjp", _cuda.template_args((w.dtype, V.dtype)), grid, block, V_S, ybar, out, B, n, k)
+            assert_close(out, ref, dtype)
+
+
+@pytest.fixture
+def emulated_loader(monkeypatch):
+    """Route the launchers' kernel lookup to the emulator, so they run on NumPy arrays."""
+    monkeypatch.setattr(_cuda, "get_kernel", emulator.get_kernel)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_launchers_emulated(dtype, emulated_loader):
+    rng = np.random.default_rng(5)
+    for n in (5, 9, 17):  # one n per tile
+        w, V, wbar, Vbar = problem(rng, 3, n, dtype)
+        assert_close(eigh_vjp_cuda(w, V, wbar, Vbar, 1e-4), eigh_vjp(w, V, wbar, Vbar, 1e-4), dtype)
+        assert_close(eigh_vjp_cuda(w, V, None, Vbar, 0.0), eigh_vjp(w, V, None, Vbar, 0.0), dtype)
+        V_S, ybar = V[:, :, 1:3], rng.standard_normal((3, 2)).astype(w.dtype)  # non-contiguous V_S
+        assert_close(eigvals_vjp_cuda(V_S, ybar), eigvals_vjp(V_S, ybar), dtype)
+
+
+def test_eigh_vjp_launcher_falls_back_above_largest_tile(emulated_loader, monkeypatch):
+    def no_kernel(*a):
+        raise AssertionError("no kernel for n > 32")
+
+    monkeypatch.setattr(_cuda, "get_kernel", no_kernel)
+    w, V, wbar, Vbar = problem(np.random.default_rng(0), 2, 33, np.complex128)
+    np.testing.assert_array_equal(eigh_vjp_cuda(w, V, wbar, Vbar, 1e-3), eigh_vjp(w, V, wbar, Vbar, 1e-3))
+
+
+# --- ThreadSanitizer: the barrier kernel has no data race between its phases -----------------------
+def tsan_check() -> bool:
+    """eigh_vjp under a ThreadSanitizer build, with several samples per block (the loop-carried
+    reuse of the shared tiles) and fewer threads than entries; True when it matches the reference."""
+    emu = emulator.Emulator(_cuda.kernel_dir() / "eigen_vjp.cu", _cuda.family_kernels("eigen_vjp"), sanitize="thread")
+    ok = True
+    for dtype in (np.float64, np.complex128):
+        w, V, wbar, Vbar = problem(np.random.default_rng(1), 3, 5, dtype)
+        ref = eigh_vjp(w, V, wbar, Vbar, 1e-3)
+        for grid, block in ((1, 7), (2, 32)):
+            out = run_eigh_vjp(emu, w, V, wbar, Vbar, 1e-3, 8, grid, block)
+            ok &= bool(np.abs(out - ref).max() <= 1e-12 * np.abs(ref).max())
+    return ok
+
+
+def run_under_tsan(module: str) -> subprocess.CompletedProcess:
+    tests = pathlib.Path(__file__).resolve().parent
+    env = {**emulator.tsan_env(), "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    code = f"import sys, {module} as t; sys.exit(0 if t.tsan_check() else 1)"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_eigh_vjp_under_tsan():
+    r = run_under_tsan("test_eigen_vjp")
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
+# --- on a GPU ---------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 7, 8, 16, 23, 32, 40])
+def test_eigen_vjp_gpu(n, dtype):
+    import cupy
+
+    rng = np.random.default_rng(n)
+    w, V, wbar, Vbar = problem(rng, 1031, n, dtype)
+    d = [cupy.asarray(a) for a in (w, V, wbar, Vbar)]
+    assert_close(cupy.asnumpy(eigh_vjp_cuda(*d, 1e-4)), eigh_vjp(w, V, wbar, Vbar, 1e-4), dtype)
+    assert_close(cupy.asnumpy(eigh_vjp_cuda(d[0], d[1], None, d[3], 0.0)), eigh_vjp(w, V, None, Vbar, 0.0), dtype)
+    k = max(1, n // 2)
+    ybar = rng.standard_normal((1031, k)).astype(w.dtype)
+    out = eigvals_vjp_cuda(d[1][:, :, :k], cupy.asarray(ybar))
+    assert_close(cupy.asnumpy(out), eigvals_vjp(V[:, :, :k], ybar), dtype)
