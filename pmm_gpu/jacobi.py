@@ -1,0 +1,112 @@
+"""jacobi: batched eigendecomposition of small Hermitian matrices by a CUDA Jacobi kernel.
+
+``eigh_jacobi_cuda(M)`` is a drop-in for ``xp.linalg.eigh`` on a batch of n×n matrices, n <= 32
+(kernels/jacobi.cu: two-sided cyclic Jacobi, round-robin order, one thread block per matrix, the
+matrix in shared memory). ``eigh_jacobi_assemble_cuda(x, Pp, n, field)`` fuses the assembly of
+M(x) = M_0 + Σ_i x_i M_i from the packed primaries (pmm_gpu/assemble.py contract) into the same
+launch, so the (B, n, n) batch never goes through global memory. numpy.linalg.eigh is the oracle.
+
+Both return (w, V, sweeps):
+    w (B, n) real, ascending;  V (B, n, n), V[b, :, j] the j-th eigenvector (numpy.linalg.eigh layout);
+    sweeps (B,) int32: the Jacobi sweeps each matrix needed until off(A) <= tol·‖A‖_F, or −1 when
+    ``max_sweeps`` did not suffice (or M held NaN/Inf). ``not_converged(sweeps)`` counts those on
+    the device, so a caller can check once per epoch without a host synchronisation per batch.
+M is read from its lower triangle, like numpy.linalg.eigh's default UPLO='L'.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .assemble import FIELDS, packed_size
+from .backend import array_module
+
+NMAX = 32  # largest n the kernel holds (kernels/jacobi.cu: JACOBI_NMAX)
+MAX_THREADS = 256  # largest block (kernels/jacobi.cu: JACOBI_MAX_THREADS)
+# Sweep cap. Random matrices need <= 9 sweeps at n = 32, but exactly degenerate or tightly clustered
+# spectra converge only linearly in the round-robin order (up to ~45 sweeps at n = 32, float64; see
+# profiling/results/jacobi-sweeps.md). The cap costs nothing for matrices that converge earlier:
+# each block stops on its own.
+MAX_SWEEPS = 60
+
+
+def default_threads(n: int) -> int:
+    """Threads per block: one per (pair, column) work item of a round, whole warps, at most 256."""
+    work = (n + 1) // 2 * n
+    return min(MAX_THREADS, max(32, -(-work // 32) * 32))
+
+
+def _launch_config(B: int, n: int, threads: int | None):
+    from . import _cuda
+
+    threads = threads or default_threads(n)
+    if not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be in 1..{MAX_THREADS}, got {threads}")
+    return (max(1, min(B, _cuda.MAX_GRID)),), (threads,)
+
+
+def _tol(real, tol):
+    return float(np.finfo(real).eps) if tol is None else float(tol)
+
+
+def eigh_jacobi_cuda(M, *, max_sweeps: int = MAX_SWEEPS, tol: float | None = None, threads: int | None = None):
+    """w, V, sweeps of a batch M (B, n, n) of Hermitian matrices, n <= 32, on the device.
+
+    M: float32/float64 (real symmetric) or complex64/complex128 (Hermitian). tol: convergence
+    threshold on off(A)/‖A‖_F (default: the machine epsilon of M's precision). threads: block size
+    (default ``default_threads(n)``; the CPU-emulation tests use a few).
+    """
+    from . import _cuda
+
+    xp = array_module(M)
+    if M.ndim != 3 or M.shape[1] != M.shape[2] or not 1 <= M.shape[1] <= NMAX:
+        raise ValueError(f"M must be (B, n, n) with 1 <= n <= {NMAX}; got {M.shape}")
+    if np.dtype(M.dtype) not in _cuda.CTYPES:
+        raise TypeError(f"M must be float32, float64, complex64 or complex128; got {M.dtype}")
+    M = xp.ascontiguousarray(M)
+    B, n = M.shape[:2]
+    real = np.finfo(M.dtype).dtype
+    w = xp.empty((B, n), dtype=real)
+    V = xp.empty_like(M)
+    sweeps = xp.empty((B,), dtype=np.int32)
+    if B:
+        grid, block = _launch_config(B, n, threads)
+        _cuda.get_kernel("eigh_jacobi", real, M.dtype)(
+            grid, block, (M, w, V, sweeps, B, n, int(max_sweeps), _tol(real, tol)))
+    return w, V, sweeps
+
+
+def eigh_jacobi_assemble_cuda(x, Pp, n: int, field: str, *, max_sweeps: int = MAX_SWEEPS,
+                              tol: float | None = None, threads: int | None = None):
+    """w, V, sweeps of M(x_b) = assemble_forward(X1 @ Pp) for every row x_b of x, in one launch.
+
+    x (B, p) and Pp (p + 1, P) packed primaries (row 0 is M_0), both float32 or both float64;
+    P = packed_size(n, field). Equals ``eigh_jacobi_cuda(assemble_forward(X1 @ Pp, n, field))``
+    with X1 = [1, x] up to rounding (the kernel sums the p + 1 terms in order, one entry at a time).
+    """
+    from . import _cuda
+
+    xp = array_module(x)
+    if field not in FIELDS:
+        raise ValueError(f"field must be one of {FIELDS}, got {field!r}")
+    if not 1 <= n <= NMAX:
+        raise ValueError(f"n must be in 1..{NMAX}, got {n}")
+    if x.ndim != 2 or Pp.shape != (x.shape[1] + 1, packed_size(n, field)):
+        raise ValueError(f"x must be (B, p) and Pp (p + 1, {packed_size(n, field)}); got {x.shape}, {Pp.shape}")
+    if x.dtype != Pp.dtype or np.dtype(x.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"x and Pp must both be float32 or both float64; got {x.dtype}, {Pp.dtype}")
+    x, Pp = xp.ascontiguousarray(x), xp.ascontiguousarray(Pp)
+    (B, p), real = x.shape, np.dtype(x.dtype)
+    elem = real if field == "real" else np.result_type(real, np.complex64)
+    w = xp.empty((B, n), dtype=real)
+    V = xp.empty((B, n, n), dtype=elem)
+    sweeps = xp.empty((B,), dtype=np.int32)
+    if B:
+        grid, block = _launch_config(B, n, threads)
+        _cuda.get_kernel("eigh_jacobi_assemble", real, elem)(
+            grid, block, (x, Pp, w, V, sweeps, B, n, p, int(max_sweeps), _tol(real, tol)))
+    return w, V, sweeps
+
+
+def not_converged(sweeps):
+    """Number of matrices that missed the sweep cap, as a 0-d device array (no host sync)."""
+    return (sweeps < 0).sum()
