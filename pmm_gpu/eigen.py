@@ -27,10 +27,12 @@ def select_indices(w, k: int, which: str):
         order = xp.broadcast_to(xp.arange(n), (B, n))  # w is already ascending
     else:
         order = xp.argsort(xp.abs(w), axis=1, kind="stable")
-    lo = (n - k) // 2
-    cols = {"S": np.arange(k), "L": np.arange(n - k, n), "I": np.arange(lo, lo + k),
-            "E": np.r_[np.arange((k + 1) // 2), np.arange(n - k // 2, n)]}[which[0]]
-    return order[:, cols]
+    # Column slices, not host index arrays: indexing a CuPy array with a NumPy array copies it to the
+    # device on every call (a host-to-device transfer in the training step).
+    if which[0] == "E":
+        return xp.concatenate([order[:, :(k + 1) // 2], order[:, n - k // 2:]], axis=1)
+    start = {"S": 0, "L": n - k, "I": (n - k) // 2}[which[0]]
+    return order[:, start:start + k]
 
 
 def select(w, V, idx):
