@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import checks
-from .assemble import FIELDS, hermitian_pack, packed_size
+from .assemble import FIELDS, packed_size
 from .backend import DEVICES, get_backend, nvtx_range
 from .eigen import WHICH, select, select_indices
 from .losses import get_loss
@@ -102,9 +102,11 @@ class PMM:
         xp = self.backend.xp
         X1 = xp.concatenate([xp.ones((X.shape[0], 1), dtype=X.dtype), X], axis=1)
         Mp = X1 @ self.params["primaries"]  # (B, P): one GEMM over the batch
-        if self.smoothing:
-            Mp += self.smoothing * hermitian_pack(self._smoothing_matrix(), self.field)
-        return self.backend.assemble_forward(Mp, self.n, self.field), X1
+        M = self.backend.assemble_forward(Mp, self.n, self.field)
+        if self.smoothing:  # s·C added to every sample; not packed into Mp, since packing indexes the
+            C = self._smoothing_matrix()  # device array with host index arrays (a copy per step)
+            M += (0.5 * self.smoothing) * (C + self.backend.xp.conj(C.T))  # exactly Hermitian
+        return M, X1
 
     def _assemble_backward(self, X1, Abar):
         """Ā (B, n, n) -> ∂L/∂primaries (p+1, P):  M̄_i = Σ_b x1_{b,i} Ā_b as one GEMM, projected."""
