@@ -50,14 +50,23 @@ template <class R> __device__ __forceinline__ R absmax(R a) { return fabs(a); }
 template <class R> __device__ __forceinline__ R absmax(cplx<R> a) {
   return fabs(a.re) > fabs(a.im) ? fabs(a.re) : fabs(a.im);
 }
-// |a| without squaring underflow: tiny a_pq (1e-25 in float is routine near convergence) must give an
-// accurate |a_pq|, or the phase a_pq/|a_pq| is not unimodular and the rotation not unitary.
-template <class R> __device__ __forceinline__ R absval(R a) { return fabs(a); }
-template <class R> __device__ __forceinline__ R absval(cplx<R> a) {
+// a = g·ph with g = |a| >= 0 and |ph| = 1 (ph = 1 for a = 0), without squaring underflow. Near
+// convergence a_pq is routinely tiny (denormal in float): the phase is taken from the components
+// scaled to [−1, 1], never from a/|a| with a rounded denormal |a|, or the rotation is not unitary.
+template <class R> __device__ __forceinline__ void polar(R a, R& g, R& ph) {
+  g = fabs(a);
+  ph = a < R(0) ? R(-1) : R(1);
+}
+template <class R> __device__ __forceinline__ void polar(cplx<R> a, R& g, cplx<R>& ph) {
   const R m = absmax(a);
-  if (m == R(0)) return m;
-  const R x = a.re / m, y = a.im / m;
-  return m * sqrt(x * x + y * y);
+  if (m == R(0)) {
+    g = m;
+    ph = {R(1), R(0)};
+    return;
+  }
+  const R x = a.re / m, y = a.im / m, h = sqrt(x * x + y * y);
+  g = m * h;
+  ph = {x / h, y / h};
 }
 template <class R> __device__ __forceinline__ R mul(R a, R b) { return a * b; }
 template <class R> __device__ __forceinline__ cplx<R> mul(cplx<R> a, cplx<R> b) {
@@ -163,9 +172,10 @@ __device__ void solve(Smem<R, S>& sh, int n, int max_sweeps, R tol, R* __restric
         pair(r, k, m, p, q);
         if (q >= n) continue;
         const S apq = sh.A[p][q];
-        const R app = re_part(sh.A[p][p]), aqq = re_part(sh.A[q][q]), g = absval(apq);
-        R s = R(0), tau = R(0), t = R(0);
-        S ph = make_elem<S>::of(R(1), R(0));
+        const R app = re_part(sh.A[p][p]), aqq = re_part(sh.A[q][q]);
+        R g, s = R(0), tau = R(0), t = R(0);
+        S ph;
+        polar(apq, g, ph);
         if (g > R(0)) {
           const R theta = (aqq - app) / (R(2) * g);
           t = R(1) / (fabs(theta) + sqrt(theta * theta + R(1)));  // 0 if θ² overflows
@@ -173,7 +183,6 @@ __device__ void solve(Smem<R, S>& sh, int n, int max_sweeps, R tol, R* __restric
           const R c = R(1) / sqrt(t * t + R(1));
           s = t * c;
           tau = s / (R(1) + c);
-          ph = make_elem<S>::of(re_part(apq) / g, im_part(apq) / g);
         }
         sh.s[k] = s;
         sh.tau[k] = tau;

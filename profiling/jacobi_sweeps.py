@@ -1,0 +1,79 @@
+"""Sweeps the Jacobi kernel (kernels/jacobi.cu) needs per n and precision, measured on the CPU emulator.
+
+The kernel runs through the g++ emulation harness (tests/emulator.py), so this needs no GPU and the
+counts are exactly what the GPU kernel does (same source, same arithmetic order per entry up to FMA
+contraction). Default tolerance: off(A) <= eps·‖A‖_F. Also checks every result against
+numpy.linalg.eigh while it counts.
+
+    python profiling/jacobi_sweeps.py [--batch 64] [--out profiling/results/jacobi-sweeps.md]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import platform
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import emulator  # noqa: E402
+import test_jacobi  # noqa: E402  (matrix generators, the error measures and the emulated launch)
+
+NS = (2, 3, 4, 5, 8, 12, 16, 24, 32)
+PRECISIONS = (np.float32, np.float64)
+CAP = 100
+
+
+def measure(kind: str, n: int, field: str, real, batch: int, emu):
+    rng = np.random.default_rng([n, test_jacobi.KINDS.index(kind), field == "complex", real == np.float64, 7])
+    M = test_jacobi.batch(kind, rng, n, field, real, B=batch)
+    w, V, sweeps = test_jacobi.run_emulated(M, max_sweeps=CAP, emu=emu)
+    err = max(test_jacobi.errors(M, w, V).values())
+    return sweeps, err
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64, help="matrices per (n, field, precision)")
+    ap.add_argument("--kinds", default="random,degenerate", help="comma-separated test_jacobi.KINDS")
+    ap.add_argument("--out", type=pathlib.Path, default=ROOT / "profiling/results/jacobi-sweeps.md")
+    args = ap.parse_args(argv)
+    emu = emulator.family("jacobi")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    lines = [f"# Jacobi sweeps per n (kernels/jacobi.cu, CPU emulator)", "",
+             f"commit {commit}, {datetime.date.today()}, {platform.machine()}, numpy {np.__version__}; "
+             f"{args.batch} matrices per cell; tol = eps of the precision (off(A) <= eps·‖A‖_F); "
+             f"cap {CAP}. Cells: median / 90th percentile / max sweeps; the last column is the worst "
+             f"normwise error of the cell vs numpy.linalg.eigh (max of eigenvalue, residual, "
+             f"orthogonality, projector measures of tests/test_jacobi.py). Emulator counts — not GPU timings.",
+             ""]
+    for kind in args.kinds.split(","):
+        lines += [f"## {kind} matrices", "",
+                  "| n | f32 real | f32 complex | f64 real | f64 complex | max error f32 | max error f64 |",
+                  "|---|---|---|---|---|---|---|"]
+        for n in NS:
+            cells, errs = [], {}
+            for real in PRECISIONS:
+                for field in ("real", "complex"):
+                    sweeps, err = measure(kind, n, field, real, args.batch, emu)
+                    ok = sweeps[sweeps >= 0]
+                    fail = int((sweeps < 0).sum())
+                    cells.append(f"{np.median(ok):.0f} / {np.percentile(ok, 90):.0f} / {ok.max()}"
+                                 + (f" ({fail} unconverged)" if fail else ""))
+                    errs[real] = max(errs.get(real, 0.0), err)
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {errs[np.float32]:.1e} | {errs[np.float64]:.1e} |")
+            print(lines[-1], flush=True)
+        lines.append("")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
