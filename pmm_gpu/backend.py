@@ -128,9 +128,11 @@ class CupyBackend(NumpyBackend):
         dev = cupy.cuda.Device()
         props = cupy.cuda.runtime.getDeviceProperties(dev.id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        # CuPy's getDeviceProperties is a dict of cudaDeviceProp fields; "name" is bytes (CuPy 13/14).
         return {"backend": "cupy", "device": f"cuda:{dev.id}", "gpu": name,
-                "compute_capability": dev.compute_capability, "cupy": cupy.__version__,
-                "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
+                "compute_capability": dev.compute_capability, "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+                "cupy": cupy.__version__, "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+                "cuda_driver": cupy.cuda.runtime.driverGetVersion()}
 
 
 _BACKENDS: dict[str, NumpyBackend] = {}
