@@ -69,16 +69,22 @@ def eigh_vjp(w, V, wbar, Vbar, eta: float):
     w (B, n), V (B, n, n), wbar (B, n) or None, Vbar (B, n, n) -> Ā (B, n, n) Hermitian.
     """
     xp = array_module(w)
-    d = w[:, None, :] - w[:, :, None]  # Δ_ij = λ_j − λ_i
-    den = d * d + eta * eta
-    F = xp.where(den > 0, d / xp.where(den > 0, den, 1), 0)
+    # In place where possible: on the CPU every fresh (B, n, n) temporary costs its page faults.
+    F = w[:, None, :] - w[:, :, None]  # Δ_ij = λ_j − λ_i   (B, n, n)
+    den = F * F
+    den += eta * eta
+    den += den == 0  # Δ = 0 with η = 0 (the diagonal, exact degeneracies): F = 0 / 1 = 0
+    F /= den
     Vh = xp.conj(V.swapaxes(1, 2))
-    inner = F * (Vh @ Vbar)
+    inner = Vh @ Vbar  # (B, n, n)
+    inner *= F
     if wbar is not None:
         i = xp.arange(w.shape[1])
         inner[:, i, i] += wbar
-    A = V @ inner @ Vh
-    return 0.5 * (A + xp.conj(A.swapaxes(1, 2)))
+    A = (V @ inner) @ Vh
+    A += xp.conj(A.swapaxes(1, 2))  # conj makes a new array: no overlap with A
+    A *= 0.5
+    return A
 
 
 def eigh_chunked(eigh, M, xp, max_batch: int | None = None):
