@@ -436,6 +436,27 @@ def loss_check(records: list[dict], dtype: str) -> tuple[list[str], bool]:
     return lines, ok
 
 
+def set_threads(n: int | None) -> str:
+    """Pin every engine's CPU thread pools to n threads (None: leave the defaults); returns a description."""
+    desc = []
+    try:
+        import torch
+        if n:
+            torch.set_num_threads(n)
+        desc.append(f"torch {torch.get_num_threads()}")
+    except Exception:
+        pass
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+        if n:
+            threadpool_limits(n)
+        desc += [f"{i['internal_api']} {i['num_threads']}" for i in threadpool_info()]
+    except Exception:
+        if n:
+            desc.append("BLAS pool not limited (threadpoolctl not importable)")
+    return ", ".join(desc) or "defaults"
+
+
 class Config:
     def __init__(self, args):
         self.quick, self.dtype, self.lr = args.quick, args.dtype, args.lr
@@ -468,6 +489,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="epochs per timed run (default 5, quick 2)")
     ap.add_argument("--samples", type=int, default=None, help="training samples (default 16 batches, quick 4)")
     ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for every engine: torch.set_num_threads and the BLAS pool (threadpoolctl); "
+                         "default: each library's own default")
     ap.add_argument("--json", default=None, help="write the records (a JSON list) to this file")
     args = ap.parse_args(argv)
     cases = [c.strip().upper() for c in args.cases.split(",") if c.strip()]
@@ -484,9 +508,11 @@ def main(argv=None) -> int:
     if "cuda" in devices and not cuda_ok:
         ap.error(f"--device cuda: {why}")
     cfg = Config(args)
+    threads = set_threads(args.threads)
     meta = {"commit": commit(), "host": host()}
     print(f"# pmm_gpu bench | {time.strftime('%Y-%m-%d %H:%M')} | commit {meta['commit']} | {meta['host']}\n"
-          f"# dtype {cfg.dtype}, {cfg.repeats} runs x {cfg.epochs} epochs per engine, lr {cfg.lr}", flush=True)
+          f"# dtype {cfg.dtype}, {cfg.repeats} runs x {cfg.epochs} epochs per engine, lr {cfg.lr}, threads {threads}, "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
     records = []
     t_start = time.perf_counter()
     for device in devices:
@@ -495,7 +521,7 @@ def main(argv=None) -> int:
             recs = run_eigh(device, engines, cfg, notes) if c == "E" else run_case(CASES[c], device, engines, cfg, notes)
             records += recs
             print(f"# case {c} on {device}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-    records = [{**r, **meta} for r in records]
+    records = [{**r, **meta, "threads": threads, "loadavg": round(os.getloadavg()[0], 2)} for r in records]
     print(table(records, notes))
     check, ok = loss_check(records, cfg.dtype)
     print("\n".join(check))
