@@ -8,11 +8,14 @@ the test set is only read for the final number.
 Fixed, non-trainable preprocessing (fitted on the remaining training images only):
   pixels / 255  ->  centre by the training mean image  ->  project on the top --components principal
   axes of the training images (PCA)  ->  one global scale so that E‖x‖² = 1 (relative variances kept).
+  With --flip the training set is augmented with left-right mirrored copies of its images (fixed,
+  label-preserving; validation and test images are not touched).
 Model: AffineObservablePMM, complex Hermitian n×n primaries (one per PCA component + M_0), 10 outputs
 (logits) with --secondaries secondaries each, transition form, r = --n-eig eigenvectors selected
 by largest |λ|, centering and bias; softmax cross-entropy, Adam with a cosine learning-rate
-schedule, mini-batches of --batch-size, at most --epochs epochs, the parameters of the epoch with the
-lowest validation loss restored at the end.
+schedule, mini-batches of --batch-size, --epochs epochs; the parameters of the epoch with the
+highest validation accuracy are restored at the end (the validation loss is also reported per epoch;
+--patience stops early on it).
 
 Trainable parameters: (components + 1)·n² + 10·secondaries·n² + 10 (complex field: n² per matrix).
 
@@ -72,6 +75,8 @@ def main(argv=None):
     ap.add_argument("--val", type=int, default=6000, help="validation images carved from the training set")
     ap.add_argument("--train-limit", type=int, default=None, help="use only this many training images (tests)")
     ap.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images (tests)")
+    ap.add_argument("--flip", action="store_true",
+                    help="add left-right mirrored copies of the training images (fixed augmentation)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--data-dir", default=None)
@@ -94,19 +99,33 @@ def main(argv=None):
     proj = lambda A: ((A - mean) @ P).astype(a.dtype)  # noqa: E731
     Xtr, Xva, Xtest = proj(X[tr]), proj(X[va]), proj(Xte)
     ytr, yva = y[tr].astype(np.int64), y[va].astype(np.int64)
+    if a.flip:  # mirrored training images (validation and test images are left as they are)
+        Xtr = np.concatenate([Xtr, proj(X[tr].reshape(-1, 28, 28)[:, :, ::-1].reshape(len(tr), -1))])
+        ytr = np.concatenate([ytr, ytr])
 
     model = pg.AffineObservablePMM(n=a.n, n_features=a.components, n_outputs=10, n_eig=a.n_eig,
                                    n_secondaries=a.secondaries, which="LM", form="transition",
                                    field="complex", dtype=a.dtype, device=a.device, seed=a.seed)
     if model.n_params > PARAM_BUDGET:
         print(f"warning: {model.n_params} trainable parameters exceed the budget of {PARAM_BUDGET}")
+    acc = lambda A, b: float((model.predict(A).argmax(axis=1) == b).mean())  # noqa: E731
+    best = {"acc": -1.0, "epoch": 0, "flat": None}
+
+    def keep_best(epoch, hist):  # model selection by validation accuracy (never the test set)
+        v = acc(Xva, yva)
+        hist.setdefault("val_accuracy", []).append(v)
+        if v > best["acc"]:
+            best.update(acc=v, epoch=epoch, flat=model._flat.copy())
+
     t_fit = time.perf_counter()
     hist = model.fit(Xtr, ytr, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, loss="cross_entropy",
                      schedule="cosine", validation_data=(Xva, yva), patience=a.patience, seed=a.seed,
-                     verbose=not a.quiet)
+                     restore_best=False, verbose=not a.quiet, callback=keep_best)
+    model._flat[...] = best["flat"]
+    hist["best_epoch"] = best["epoch"]
     fit_s = time.perf_counter() - t_fit
-    acc = lambda A, b: float((model.predict(A).argmax(axis=1) == b).mean())  # noqa: E731
     result = {"seed": a.seed, "test_accuracy": acc(Xtest, yte), "val_accuracy": acc(Xva, yva),
+              "val_accuracy_per_epoch": [round(v, 4) for v in hist.get("val_accuracy", [])],
               "train_accuracy": acc(Xtr[:10000], ytr[:10000]), "n_params": model.n_params,
               "epochs_run": len(hist["loss"]), "best_epoch": hist["best_epoch"], "stop": hist["stop_reason"],
               "fit_seconds": round(fit_s, 1), "wall_seconds": round(time.perf_counter() - t_start, 1),
