@@ -62,6 +62,12 @@ def fmt(v) -> str:
     return f"{v:.2e}"
 
 
+def median_worst(values) -> str:
+    """'median (worst)' of per-seed errors; just the value for a single deterministic fit."""
+    v = np.asarray(values, dtype=float)
+    return f"{np.median(v):.2e}" + (f" ({v.max():.1e})" if v.size > 1 else "")
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
@@ -124,7 +130,8 @@ def fit_mlp(g, E, seed, n_params_target):
                        random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        mlp.fit(((g - gm) / gs)[:, None], (E - mu) / sd)
+        Ys = (E - mu) / sd
+        mlp.fit(((g - gm) / gs)[:, None], Ys[:, 0] if Ys.shape[1] == 1 else Ys)
     return (lambda gg: mlp.predict(((gg - gm) / gs)[:, None]).reshape(len(gg), -1) * sd + mu), mlp_params(mlp)
 
 

@@ -15,7 +15,7 @@ PMM and MLP are trained from several seeds; the table reports the median and the
 from __future__ import annotations
 
 import numpy as np
-from _common import command_line, fit_mlp, fit_poly, markdown_table, parse_args, timer, write_results
+from _common import command_line, fit_mlp, fit_poly, markdown_table, median_worst, parse_args, timer, write_results
 
 import matplotlib.pyplot as plt
 from pmm_gpu import AffineEigenvaluePMM
@@ -72,10 +72,7 @@ def main(argv=None):
               for m, ps in preds.items()}
     rows = []
     for m in ("PMM", "polynomial", "MLP"):
-        cells = []
-        for name in INTERVALS:
-            e = errors[m][name]
-            cells.append(f"{np.median(e):.2e}" + (f" ({max(e):.1e})" if len(e) > 1 else ""))
+        cells = [median_worst(errors[m][name]) for name in INTERVALS]
         n_fits = len(preds[m])
         rows.append([m, params[m]] + cells + [f"{times[m] / n_fits:.2f}"])
     header = ["model", "parameters"] + [f"max abs error, {k}" for k in INTERVALS] + ["fit time / s"]
