@@ -256,3 +256,23 @@ def test_tsan():
     code = "import sys, test_jacobi as t; sys.exit(0 if t.tsan_check() else 1)"
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("real", [np.float32, np.float64])
+@pytest.mark.parametrize("field", ["real", "complex"])
+@pytest.mark.parametrize("n", [2, 8, 17, 32])
+def test_jacobi_gpu(n, field, real):
+    """The real kernel on a GPU: random and degenerate batches, and the fused variant."""
+    import cupy
+
+    rng = np.random.default_rng(n)
+    for kind in ("random", "degenerate"):
+        M = batch(kind, rng, n, field, real, B=257)
+        w, V, sweeps = (cupy.asnumpy(a) for a in eigh_jacobi_cuda(cupy.asarray(M)))
+        check(M, w, V, sweeps, real)
+    x = rng.standard_normal((257, 3)).astype(real)
+    Pp = rng.standard_normal((4, packed_size(n, field))).astype(real)
+    w, V, sweeps = (cupy.asnumpy(a) for a in eigh_jacobi_assemble_cuda(cupy.asarray(x), cupy.asarray(Pp), n, field))
+    X1 = np.concatenate([np.ones((257, 1)), x], axis=1)
+    assert max(errors(assemble_forward(X1 @ Pp.astype(np.float64), n, field), w, V).values()) <= 2 * TOL[real]
