@@ -81,8 +81,8 @@ def eigh_vjp(w, V, wbar, Vbar, eta: float):
     if wbar is not None:
         i = xp.arange(w.shape[1])
         inner[:, i, i] += wbar
-    A = (V @ inner) @ Vh
-    A += xp.conj(A.swapaxes(1, 2))  # conj makes a new array: no overlap with A
+    A = xp.matmul(V @ inner, Vh, out=inner)  # V inner Vᴴ, written into inner (no longer an input)
+    A += xp.conj(A.swapaxes(1, 2), out=Vh)  # Aᴴ into Vh's buffer, no longer needed
     A *= 0.5
     return A
 
