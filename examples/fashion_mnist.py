@@ -64,8 +64,8 @@ def fit_pca(X, k):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n", type=int, default=10, help="matrix size")
-    ap.add_argument("--components", type=int, default=156, help="PCA components = PMM input features")
+    ap.add_argument("--n", type=int, default=12, help="matrix size")
+    ap.add_argument("--components", type=int, default=105, help="PCA components = PMM input features")
     ap.add_argument("--n-eig", type=int, default=4, help="r, selected eigenvectors")
     ap.add_argument("--secondaries", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=20)
