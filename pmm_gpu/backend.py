@@ -17,6 +17,12 @@ import functools
 import numpy as np
 
 DEVICES = ("auto", "cpu", "cuda")
+EIGH_SOLVERS = ("auto", "cusolver", "jacobi")
+# On CUDA, "auto" takes the Jacobi kernel (pmm_gpu/jacobi.py) for n <= AUTO_JACOBI_MAX_N, else cuSOLVER.
+# 0 (always cuSOLVER) until a GPU measurement shows the kernel faster: run profiling/bench_eigh.py
+# (profiling/gpu_check.sh does), and where profiling/results/ shows jacobi ahead of cusolver in case E
+# and end-to-end (cases A-C) set this to the largest such n (at most jacobi.NMAX = 32).
+AUTO_JACOBI_MAX_N = 0
 
 
 def array_module(a):
@@ -40,6 +46,25 @@ def cuda_status() -> tuple[bool, str]:
     except Exception as e:
         return False, f"cupy.is_available() failed ({type(e).__name__}: {e})"
     return False, "CuPy is installed but sees no usable CUDA device (cupy.is_available() is False)"
+
+
+def check_eigh_solver(solver: str, n: int) -> str:
+    """Validate a model's ``eigh_solver`` for n×n matrices: one of EIGH_SOLVERS; "jacobi" needs n <= 32."""
+    from .jacobi import NMAX
+
+    if solver not in EIGH_SOLVERS:
+        raise ValueError(f"eigh_solver must be one of {list(EIGH_SOLVERS)}, got {solver!r}")
+    if solver == "jacobi" and n > NMAX:
+        raise ValueError(f"eigh_solver='jacobi' supports n <= {NMAX} (kernels/jacobi.cu), got n = {n}; "
+                         "use eigh_solver='cusolver' or 'auto'")
+    return solver
+
+
+def resolve_eigh_solver(solver: str, n: int) -> str:
+    """The CUDA eigensolver that ``solver`` means for n×n matrices: "cusolver" or "jacobi"."""
+    if solver == "auto":
+        return "jacobi" if n <= AUTO_JACOBI_MAX_N else "cusolver"
+    return check_eigh_solver(solver, n)
 
 
 @functools.lru_cache(maxsize=None)
@@ -81,9 +106,20 @@ class NumpyBackend:
     def to_numpy(self, a) -> np.ndarray:
         return np.asarray(a)
 
-    def eigh(self, M):
-        """Batched Hermitian eigendecomposition: M (B, n, n) -> w (B, n) ascending, V (B, n, n)."""
+    def eigh(self, M, solver: str = "auto", failures=None):
+        """Batched Hermitian eigendecomposition: M (B, n, n) -> w (B, n) ascending, V (B, n, n).
+
+        solver: "auto" | "cusolver" | "jacobi" (EIGH_SOLVERS), the CUDA eigensolver; on the NumPy
+        backend every choice is numpy.linalg.eigh (LAPACK), the oracle the CUDA solvers are tested
+        against. failures: optional 0-d integer array; the number of matrices a solver reports as not
+        converged is added to it in place, on the device (never here: LAPACK raises instead).
+        """
         return np.linalg.eigh(M)
+
+    def eigh_assemble(self, X, Pp, n: int, field: str, solver: str = "auto", failures=None):
+        """(w, V) of M(x_b) = assemble_forward([1, x_b] @ Pp) in one fused launch, or None where this
+        backend has no fused kernel for ``solver`` (the caller then assembles and calls ``eigh``)."""
+        return None
 
     def synchronize(self):
         pass
@@ -114,11 +150,32 @@ class CupyBackend(NumpyBackend):
     def to_numpy(self, a) -> np.ndarray:
         return self.xp.asnumpy(a)
 
-    def eigh(self, M):
-        # cuSOLVER's batched Jacobi takes a 32-bit lwork: split batches that would overflow it.
+    def eigh(self, M, solver: str = "auto", failures=None):
+        """As NumpyBackend.eigh; "cusolver": cupy.linalg.eigh (syevj/heevjBatched), in chunks, since it
+        takes a 32-bit lwork; "jacobi": the pmm_gpu kernel (n <= 32), whose per-matrix sweep counts
+        (−1: missed the sweep cap, or NaN/Inf input) are counted into ``failures`` on the device."""
+        from . import jacobi
         from .eigen import eigh_chunked
 
-        return eigh_chunked(self.xp.linalg.eigh, M, self.xp)
+        if resolve_eigh_solver(solver, M.shape[-1]) == "cusolver":
+            return eigh_chunked(self.xp.linalg.eigh, M, self.xp)
+        w, V, sweeps = jacobi.eigh_jacobi_cuda(M, max_sweeps=jacobi.MAX_SWEEPS)
+        if failures is not None:
+            failures += jacobi.not_converged(sweeps)
+        return w, V
+
+    def eigh_assemble(self, X, Pp, n: int, field: str, solver: str = "auto", failures=None):
+        """With the Jacobi solver: ``jacobi.eigh_jacobi_assemble_cuda`` (the (B, n, n) batch never goes
+        through global memory); None for cuSOLVER. X (B, p), Pp (p + 1, P) packed primaries."""
+        from . import jacobi
+
+        if resolve_eigh_solver(solver, n) != "jacobi":
+            return None
+        with nvtx_range("assemble+eigh"):
+            w, V, sweeps = jacobi.eigh_jacobi_assemble_cuda(X, Pp, n, field, max_sweeps=jacobi.MAX_SWEEPS)
+        if failures is not None:
+            failures += jacobi.not_converged(sweeps)
+        return w, V
 
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()

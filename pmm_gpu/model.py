@@ -13,7 +13,7 @@ import numpy as np
 
 from . import checks
 from .assemble import FIELDS, packed_size
-from .backend import DEVICES, get_backend, nvtx_range
+from .backend import DEVICES, check_eigh_solver, get_backend, nvtx_range
 from .eigen import WHICH, select, select_indices
 from .losses import get_loss
 
@@ -29,7 +29,8 @@ class PMM:
         MODELS[cls.__name__] = cls
 
     def __init__(self, n: int, n_features: int, *, field: str = "complex", dtype: str = "float64",
-                 device: str = "auto", seed: int | None = 0, smoothing: float = 0.0, init_scale: float = 1.0):
+                 device: str = "auto", seed: int | None = 0, smoothing: float = 0.0, init_scale: float = 1.0,
+                 eigh_solver: str = "auto"):
         self.n = checks.positive_int("n", n)
         self.n_features = checks.positive_int("n_features", n_features)
         self.field = checks.choice("field", field, FIELDS)
@@ -40,7 +41,11 @@ class PMM:
             raise ValueError("smoothing needs field='complex': C = i·Σ[M_i, M_j] is imaginary for real M_i")
         self.init_scale = checks.finite_float("init_scale", init_scale, minimum=0.0)
         self.seed = seed
+        self.eigh_solver = check_eigh_solver(eigh_solver, self.n)
         self.backend = get_backend(device)
+        # Matrices whose eigensolver reported non-convergence (Jacobi: sweep cap missed, or NaN/Inf),
+        # counted on the device by every forward pass; fit resets it and reads it once per epoch.
+        self._eigh_failures = self.backend.xp.zeros((), dtype=np.int64)
         self.real_dtype = np.dtype(self.dtype)
         self.P = packed_size(self.n, self.field)
         self._build_params(self._init_params(np.random.default_rng(seed)))
@@ -90,13 +95,36 @@ class PMM:
     def get_config(self) -> dict:
         """Constructor arguments that rebuild this model (used by save/load)."""
         return {"n": self.n, "n_features": self.n_features, "field": self.field, "dtype": self.dtype,
-                "device": self.device, "seed": self.seed, "smoothing": self.smoothing, "init_scale": self.init_scale}
+                "device": self.device, "seed": self.seed, "smoothing": self.smoothing, "init_scale": self.init_scale,
+                "eigh_solver": self.eigh_solver}
 
     def matrices(self) -> np.ndarray:
         """The primaries M_0, M_1..M_p as full matrices: NumPy (n_features + 1, n, n)."""
         return _unpack_host(self.backend.to_numpy(self.params["primaries"]), self.n, self.field)
 
     # --- M(x) and its reverse mode ---------------------------------------------------------------
+    def _eigh(self, M):
+        """(w, V) of M (B, n, n) by the backend's solver ``eigh_solver``; non-convergence is counted."""
+        return self.backend.eigh(M, self.eigh_solver, self._eigh_failures)
+
+    def _assemble_eigh(self, X):
+        """X (B, p) -> (w (B, n), V (B, n, n), X1 (B, p+1)): the eigendecomposition of M(x).
+
+        One fused launch (assemble + Jacobi, no (B, n, n) round trip) where the backend has one for
+        ``eigh_solver`` and there is no smoothing term; otherwise ``_assemble`` then ``_eigh``.
+        """
+        if not self.smoothing:
+            fused = self.backend.eigh_assemble(X, self.params["primaries"], self.n, self.field, self.eigh_solver,
+                                               self._eigh_failures)
+            if fused is not None:
+                xp = self.backend.xp
+                return (*fused, xp.concatenate([xp.ones((X.shape[0], 1), dtype=X.dtype), X], axis=1))
+        with nvtx_range("assemble"):
+            M, X1 = self._assemble(X)
+        with nvtx_range("eigh"):
+            w, V = self._eigh(M)
+        return w, V, X1
+
     def _assemble(self, X):
         """X (B, p) device array -> (M (B, n, n), X1 (B, p+1)).  Mp = X1 @ P (+ s·pack(C)) then unpack."""
         xp = self.backend.xp
@@ -208,7 +236,12 @@ class AffineEigenvaluePMM(PMM):
     n: matrix size; n_features: p; n_eig: k ≤ n; field "complex" (Hermitian, n² real parameters per
     matrix) or "real" (symmetric, n(n+1)/2); dtype float32/float64 (complex64/128 matrices);
     device "auto"/"cpu"/"cuda"; seed: initialization; smoothing: s (complex field only);
-    init_scale: each M_i starts as a random matrix with spectrum in about [−2, 2]·init_scale.
+    init_scale: each M_i starts as a random matrix with spectrum in about [−2, 2]·init_scale;
+    eigh_solver: the CUDA eigensolver, "cusolver" (cupy.linalg.eigh), "jacobi" (pmm_gpu's batched
+        Jacobi kernel, n <= 32; fused with the assembly of M(x) when smoothing = 0; matrices that miss
+        its sweep cap are reported by ``fit`` once per epoch) or "auto" (backend.AUTO_JACOBI_MAX_N:
+        cuSOLVER until a GPU measurement favours the kernel). The NumPy backend always uses
+        numpy.linalg.eigh, the reference every solver is tested against.
     """
 
     def __init__(self, n: int, n_features: int, n_eig: int = 1, which: str = "SA", **kwargs):
@@ -226,10 +259,7 @@ class AffineEigenvaluePMM(PMM):
         return {**super().get_config(), "n_eig": self.n_eig, "which": self.which}
 
     def _forward(self, X, need_grad: bool):
-        with nvtx_range("assemble"):
-            M, X1 = self._assemble(X)
-        with nvtx_range("eigh"):
-            w, V = self.backend.eigh(M)
+        w, V, X1 = self._assemble_eigh(X)
         w_S, V_S = select(w, V, select_indices(w, self.n_eig, self.which))
         return w_S, (X1, V_S)
 

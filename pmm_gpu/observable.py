@@ -108,7 +108,8 @@ class AffineObservablePMM(PMM):
         Degeneracies among selected levels, or among unselected ones, do not affect the outputs
         (they depend on the projector V_S V_Sᴴ only) and contribute nothing to the gradient; only
         near-crossings between a selected and an unselected level are biased by η.
-    Base arguments: field, dtype, device, seed, smoothing, init_scale (see ``AffineEigenvaluePMM``).
+    Base arguments: field, dtype, device, seed, smoothing, init_scale, eigh_solver (see
+    ``AffineEigenvaluePMM``).
 
     Parameters: "primaries" (p+1, P); "secondaries" (n_outputs, n_secondaries, P), packed like the
     primaries; "bias" (n_outputs,) when bias=True. Initialization: the secondaries use the same
@@ -176,10 +177,7 @@ class AffineObservablePMM(PMM):
         """X (B, p) -> z (B, n_outputs) and the cache for ``_backward``."""
         xp = self.backend.xp
         Qn, l = self.n_outputs, self.n_secondaries
-        with nvtx_range("assemble"):
-            M, X1 = self._assemble(X)  # (B, n, n), (B, p+1)
-        with nvtx_range("eigh"):
-            w, V = self.backend.eigh(M)  # (B, n), (B, n, n)
+        w, V, X1 = self._assemble_eigh(X)  # (B, n), (B, n, n), (B, p+1)
         with nvtx_range("observable"):
             idx = select_indices(w, self.n_eig, self.which)  # (B, r)
             _, V_S = select(w, V, idx)  # (B, n, r)
@@ -188,7 +186,7 @@ class AffineObservablePMM(PMM):
             z = t.reshape(-1, Qn, l).sum(axis=2)  # (B, Q)
             G = None
             if self.centered:
-                c, G = spectral_norm_forward(D, self.backend.eigh)  # (K,), (K, n, n)
+                c, G = spectral_norm_forward(D, self._eigh)  # (K,), (K, n, n)
                 z = z - c.reshape(Qn, l).sum(axis=1)
             if self.bias:
                 z = z + self.params["bias"]

@@ -3,6 +3,8 @@
 Throughput rule (DESIGN.md §3): nothing inside an epoch reads a device value on the host. The loss
 is accumulated in a device scalar, the clipping factor stays on the device, the learning rate comes
 from the host-side step count; the one synchronisation per epoch is the read of the epoch's loss.
+Eigensolver non-convergence (the Jacobi kernel's sweep cap) is counted on the device by the forward
+passes and read with the loss: a RuntimeWarning per epoch that had any, and history["eigh_not_converged"].
 """
 from __future__ import annotations
 
@@ -60,7 +62,9 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
         improvement larger than ``min_delta``; ``restore_best`` puts the best parameters back.
     verbose: progress line with loss, validation loss and samples/s; callback(epoch, history) per epoch.
     A non-finite epoch loss stops training with a RuntimeWarning and restores the parameters (and
-    optimizer state) from the start of that epoch.
+    optimizer state) from the start of that epoch. history["eigh_not_converged"][e]: matrices of
+    epoch e (training and validation passes) whose eigensolver did not converge (only the Jacobi
+    solver on CUDA reports any; their eigenpairs are inaccurate), each epoch with any also warned.
     """
     epochs = checks.positive_int("epochs", epochs)
     batch_size = checks.positive_int("batch_size", batch_size)
@@ -88,7 +92,7 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
     st = init_adam(model)
     rng = np.random.default_rng(seed)
     hist = {"loss": [], "val_loss": [], "lr": [], "epoch_time": [], "samples_per_s": [],
-            "best_epoch": None, "stop_reason": "epochs"}
+            "eigh_not_converged": [], "best_epoch": None, "stop_reason": "epochs"}
     best, best_flat, since_best = math.inf, None, 0
     bar = _Progress(epochs, verbose)
     step = 0
@@ -97,6 +101,7 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
         snapshot = (model._flat.copy(), st["m"].copy(), st["v"].copy(), int(st["step"]))
         perm = be.asarray(rng.permutation(N))  # host RNG: identical batches on every backend
         total = xp.zeros((), dtype=model.real_dtype)
+        model._eigh_failures.fill(0)  # counted on the device by every forward pass of the epoch
         for s in range(0, N, batch_size):
             idx = perm[s:s + batch_size]
             value = model._loss_and_grad(Xd[idx], Yd[idx], loss_fn)
@@ -111,12 +116,14 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
                              beta1=beta1, beta2=beta2, eps=eps, step=int(st["step"]), scale=scale)
             step += 1
         epoch_loss = float(total) / N  # the one host synchronisation of the epoch
+        failed = int(model._eigh_failures)  # already computed: a copy, not a wait
         if not math.isfinite(epoch_loss):
             model._flat[...], st["m"][...], st["v"][...] = snapshot[:3]
             st["step"] = np.array(snapshot[3])
             hist["stop_reason"] = f"diverged: non-finite training loss in epoch {epoch + 1}"
-            warnings.warn(f"training diverged (non-finite loss in epoch {epoch + 1}); stopped and restored the "
-                          f"parameters from the start of that epoch. Try a smaller lr or clip_norm.", RuntimeWarning)
+            unconverged = f" ({failed} eigendecompositions did not converge)" if failed else ""
+            warnings.warn(f"training diverged (non-finite loss in epoch {epoch + 1}{unconverged}); stopped and restored "
+                          f"the parameters from the start of that epoch. Try a smaller lr or clip_norm.", RuntimeWarning)
             break
         dt = time.perf_counter() - t0
         hist["loss"].append(epoch_loss)
@@ -127,6 +134,13 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
         if validation_data is not None:
             monitored = evaluate(model, Xv, Yv, loss_fn, batch_size=max(batch_size, 8192))
             hist["val_loss"].append(monitored)
+            failed = int(model._eigh_failures)  # evaluate synchronised: now with the validation pass
+        hist["eigh_not_converged"].append(failed)
+        if failed:
+            warnings.warn(f"epoch {epoch + 1}: {failed} eigendecompositions did not converge within the Jacobi "
+                          f"sweep cap (eigh_solver={model.eigh_solver!r}); their eigenpairs, outputs and gradients "
+                          "are inaccurate. Check the data and parameters for NaN/Inf, or use eigh_solver='cusolver'.",
+                          RuntimeWarning)
         if monitored < best - min_delta:
             best, since_best, hist["best_epoch"] = monitored, 0, epoch + 1
             if restore_best:

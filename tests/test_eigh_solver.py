@@ -1,0 +1,153 @@
+"""The models' ``eigh_solver`` option (issue 7): swapping numpy.linalg.eigh for the Jacobi kernel leaves
+outputs and gradients unchanged, and non-convergence is reported once per epoch, never silently.
+
+The kernel runs on the CPU: ``EmulatedCudaEigh`` is the NumPy backend with CupyBackend's eigensolver
+dispatch (``eigh`` / ``eigh_assemble``) borrowed unchanged, and the kernel lookup routed to the g++
+emulation (tests/emulator.py), so the CUDA code path — fused assemble + Jacobi without smoothing,
+Jacobi on assembled matrices with smoothing and for the centering term's ‖D‖₂ — runs on NumPy arrays.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import emulator
+import pmm_gpu as pg
+from pmm_gpu import _cuda, backend, jacobi
+from pmm_gpu.backend import CupyBackend, NumpyBackend
+
+TOL = {"float64": 1e-10, "float32": 1e-4}  # relative, norm-wise
+
+
+class EmulatedCudaEigh(NumpyBackend):
+    """NumPy arrays, CUDA eigensolver dispatch (the kernels run in the emulator)."""
+
+    name = "emulated-cuda-eigh"
+    eigh = CupyBackend.eigh
+    eigh_assemble = CupyBackend.eigh_assemble
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    monkeypatch.setattr(_cuda, "get_kernel", emulator.get_kernel)
+    calls = []
+    for name in ("eigh_jacobi_cuda", "eigh_jacobi_assemble_cuda"):  # record which launcher ran
+        launcher = getattr(jacobi, name)
+        monkeypatch.setattr(jacobi, name, lambda *a, _f=launcher, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    return calls
+
+
+def pair(cls, solver="jacobi", **kw):
+    """The same model twice: on the NumPy oracle, and with the emulated CUDA eigensolver."""
+    ref = cls(device="cpu", seed=3, eigh_solver=solver, **kw)
+    emu = cls(device="cpu", seed=3, eigh_solver=solver, **kw)
+    emu.backend = EmulatedCudaEigh()
+    return ref, emu
+
+
+def rel(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def assert_same(ref, emu, X, Y, dtype, loss="mse"):
+    assert rel(emu.predict(X), ref.predict(X)) <= TOL[dtype]
+    l_ref, g_ref = ref.loss_and_grad(X, Y, loss=loss)
+    l_emu, g_emu = emu.loss_and_grad(X, Y, loss=loss)
+    assert abs(l_emu - l_ref) <= TOL[dtype] * abs(l_ref)
+    for k in g_ref:
+        assert rel(g_emu[k], g_ref[k]) <= TOL[dtype], k
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("field,smoothing", [("real", 0.0), ("complex", 0.0), ("complex", 0.2)])
+@pytest.mark.parametrize("which", ["SA", "LM"])
+def test_eigenvalue_pmm_unchanged(which, field, smoothing, dtype, emulated):
+    rng = np.random.default_rng(0)
+    X, Y = rng.uniform(-1, 1, (9, 2)), rng.normal(size=(9, 2))
+    ref, emu = pair(pg.AffineEigenvaluePMM, n=6, n_features=2, n_eig=2, which=which, field=field,
+                    smoothing=smoothing, dtype=dtype)
+    assert_same(ref, emu, X, Y, dtype)
+    # fused launch without smoothing; assemble, then the Jacobi kernel with it
+    assert set(emulated) == {"eigh_jacobi_cuda" if smoothing else "eigh_jacobi_assemble_cuda"}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("field", ["real", "complex"])
+@pytest.mark.parametrize("form", ["transition", "expectation"])
+def test_observable_pmm_unchanged(form, field, dtype, emulated):
+    rng = np.random.default_rng(1)
+    X, Y = rng.uniform(-1, 1, (9, 3)), rng.normal(size=(9, 2))
+    ref, emu = pair(pg.AffineObservablePMM, n=5, n_features=3, n_outputs=2, n_eig=2, n_secondaries=2,
+                    form=form, field=field, dtype=dtype)
+    assert_same(ref, emu, X, Y, dtype)
+    assert set(emulated) == {"eigh_jacobi_assemble_cuda", "eigh_jacobi_cuda"}  # M(x); then ‖D‖₂ (centered)
+
+
+def test_auto_and_cusolver_never_run_the_kernel(emulated, monkeypatch):
+    X = np.random.default_rng(2).uniform(-1, 1, (4, 2))
+    for solver in ("auto", "cusolver"):
+        ref, emu = pair(pg.AffineEigenvaluePMM, solver, n=4, n_features=2)
+        np.testing.assert_array_equal(emu.predict(X), ref.predict(X))  # cupy.linalg.eigh's place: LAPACK here
+    assert emulated == []
+    monkeypatch.setattr(backend, "AUTO_JACOBI_MAX_N", 32)  # the switch a GPU measurement would flip
+    _, emu = pair(pg.AffineEigenvaluePMM, "auto", n=4, n_features=2)
+    emu.predict(X)
+    assert emulated == ["eigh_jacobi_assemble_cuda"]
+
+
+def test_resolve_and_validate():
+    assert backend.resolve_eigh_solver("auto", 8) == "cusolver"  # until a GPU measurement says otherwise
+    assert backend.resolve_eigh_solver("jacobi", 32) == "jacobi"
+    assert backend.resolve_eigh_solver("auto", 64) == "cusolver"
+    with pytest.raises(ValueError, match="n <= 32"):
+        pg.AffineEigenvaluePMM(n=33, n_features=1, device="cpu", eigh_solver="jacobi")
+    with pytest.raises(ValueError, match="eigh_solver must be one of"):
+        pg.AffineObservablePMM(n=4, n_features=1, n_eig=2, device="cpu", eigh_solver="lapack")
+    pg.AffineEigenvaluePMM(n=33, n_features=1, device="cpu", eigh_solver="auto")  # cuSOLVER beyond 32
+
+
+def test_saved_with_the_model(tmp_path):
+    m = pg.AffineObservablePMM(n=4, n_features=2, n_eig=2, device="cpu", eigh_solver="jacobi")
+    assert m.get_config()["eigh_solver"] == "jacobi"
+    m.save(tmp_path / "m.npz")
+    assert pg.load(tmp_path / "m.npz", device="cpu").eigh_solver == "jacobi"
+
+
+def test_non_convergence_reported_once_per_epoch(emulated, monkeypatch):
+    """One sweep is never enough at n = 7: every matrix is flagged on the device; fit warns once per
+    epoch with the count (training + validation samples) and records it in the history."""
+    rng = np.random.default_rng(4)
+    X, Y, Xv = rng.uniform(-1, 1, (10, 2)), rng.normal(size=(10, 1)), rng.uniform(-1, 1, (3, 2))
+    _, m = pair(pg.AffineEigenvaluePMM, n=7, n_features=2)
+    monkeypatch.setattr(jacobi, "MAX_SWEEPS", 1)
+    with pytest.warns(RuntimeWarning, match="13 eigendecompositions did not converge") as rec:
+        h = m.fit(X, Y, epochs=2, batch_size=4, validation_data=(Xv, Y[:3]), verbose=False)
+    assert len([w for w in rec if "did not converge" in str(w.message)]) == 2
+    assert h["eigh_not_converged"] == [13, 13]
+    monkeypatch.setattr(jacobi, "MAX_SWEEPS", 60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert m.fit(X, Y, epochs=1, batch_size=4, verbose=False)["eigh_not_converged"] == [0]
+
+
+def test_numpy_backend_counts_nothing():
+    rng = np.random.default_rng(5)
+    X, Y = rng.uniform(-1, 1, (8, 2)), rng.normal(size=(8, 1))
+    m = pg.AffineEigenvaluePMM(n=5, n_features=2, device="cpu", eigh_solver="jacobi")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert m.fit(X, Y, epochs=2, verbose=False)["eigh_not_converged"] == [0, 0]
+
+
+def test_nan_input_is_reported(emulated):
+    """A NaN in M(x) is flagged by the kernel. Its eigenvalues are not all NaN (the rotations touching
+    the NaN row are skipped; NaN sorts last), so with which="SA" the loss stays finite: the per-epoch
+    report is then the only signal, and it comes."""
+    X, Y = np.random.default_rng(6).uniform(-1, 1, (6, 2)), np.ones((6, 1))
+    _, m = pair(pg.AffineEigenvaluePMM, n=4, n_features=2)
+    m.params["primaries"][0, 0] = np.nan  # every M(x) holds NaN on its diagonal
+    with pytest.warns(RuntimeWarning, match="6 eigendecompositions did not converge"):
+        h = m.fit(X, Y, epochs=1, batch_size=3, verbose=False)
+    assert h["eigh_not_converged"] == [6]
