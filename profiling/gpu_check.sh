@@ -6,7 +6,9 @@
 # 1. names the GPU (CupyBackend.describe, nvidia-smi when present); without a usable GPU it prints
 #    why and exits 77 ("skipped"), writing nothing;
 # 2. python -m pytest -m gpu -q                      (CuPy backend vs the NumPy oracle, the kernels)
-# 3. python profiling/bench.py --device cuda --quick (when profiling/bench.py exists)
+# 3. python profiling/bench.py --device cuda --quick (when profiling/bench.py exists), then
+#    python profiling/bench_eigh.py --device cuda --quick (issue 7: Jacobi kernel vs cuSOLVER, case E
+#    at n = 8, 16, 32, batch 2^20, both precisions, and cases A-C with each solver)
 # 4. writes profiling/results/gpu-<date>-<commit>.json and .md (commit, GPU, driver, CuPy, date,
 #    test counts, benchmark medians), copies them and the logs into $OUT when that is set, and prints
 #    a short table last. Exit status: 0 when the tests and the benchmark's own checks pass.
@@ -64,9 +66,15 @@ if [ -f profiling/bench.py ]; then
   timeout 110 "$PY" profiling/bench.py --device "$DEVICE" --quick --json "$WORK/bench.json" 2>&1 | tee "$WORK/bench.log"
   BENCH_RC=${PIPESTATUS[0]}
 fi
+EIGH_RC=absent
+if [ -f profiling/bench_eigh.py ]; then
+  echo "== bench_eigh.py --device $DEVICE --quick ==" >&2
+  timeout 150 "$PY" profiling/bench_eigh.py --device "$DEVICE" --quick --json "$WORK/bench_eigh.json" 2>&1 | tee "$WORK/bench_eigh.log"
+  EIGH_RC=${PIPESTATUS[0]}
+fi
 
 # --- 4. results -------------------------------------------------------------------------------------
-"$PY" - "$WORK" "$PYTEST_RC" "$BENCH_RC" "$(( $(date +%s) - T0 ))" <<'PYEOF'
+"$PY" - "$WORK" "$PYTEST_RC" "$BENCH_RC" "$(( $(date +%s) - T0 ))" "$EIGH_RC" <<'PYEOF'
 import datetime, json, os, pathlib, platform, shutil, subprocess, sys
 import xml.etree.ElementTree as ET
 
@@ -85,6 +93,8 @@ if (work / "junit.xml").exists():
     tests["failed"] = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
                        if c.find("failure") is not None or c.find("error") is not None]
 bench = json.loads((work / "bench.json").read_text()) if (work / "bench.json").exists() else None
+eigh_rc = sys.argv[5]
+bench_eigh = json.loads((work / "bench_eigh.json").read_text()) if (work / "bench_eigh.json").exists() else None
 try:
     import cupy
     cupy_version = cupy.__version__
@@ -94,17 +104,20 @@ result = {"commit": commit, "dirty": dirty, "date": now.isoformat(timespec="seco
           "gpu": device.get("gpu") or device.get("nvidia_smi_name") or f"none ({device['reason']})",
           "driver": device.get("driver") or device.get("cuda_driver"), "cuda_runtime": device.get("cuda_runtime"),
           "cupy": cupy_version, "python": platform.python_version(), "device": device, "tests": tests,
-          "bench_exit_status": bench_rc, "bench": bench, "elapsed_s": elapsed}
+          "bench_exit_status": bench_rc, "bench": bench, "bench_eigh_exit_status": eigh_rc,
+          "bench_eigh": bench_eigh, "elapsed_s": elapsed}
 
 rows = [("GPU", str(result["gpu"])), ("driver / CUDA runtime", f"{result['driver']} / {result['cuda_runtime']}"),
         ("CuPy / Python", f"{cupy_version} / {result['python']}"),
         ("commit", commit + (" (dirty)" if dirty else "")), ("date (UTC)", result["date"]),
         ("gpu tests", f"{tests.get('passed', '?')} passed, {tests.get('failures', 0) + tests.get('errors', 0)} failed, "
                       f"{tests.get('skipped', '?')} skipped in {tests.get('seconds', 0):.0f} s (exit {pytest_rc})"),
-        ("bench", {"absent": "profiling/bench.py absent"}.get(bench_rc, f"exit {bench_rc}" + ("" if bench else ", no JSON")))]
+        ("bench", {"absent": "profiling/bench.py absent"}.get(bench_rc, f"exit {bench_rc}" + ("" if bench else ", no JSON"))),
+        ("bench_eigh", {"absent": "profiling/bench_eigh.py absent"}.get(
+            eigh_rc, f"exit {eigh_rc}" + ("" if bench_eigh else ", no JSON")))]
 for name in tests.get("failed", [])[:10]:
     rows.append(("FAILED", name))
-for r in bench or []:
+for r in (bench or []) + (bench_eigh or []):
     if r.get("metric") in ("train_samples_per_s", "infer_samples_per_s", "eigh_matrices_per_s") and "median" in r:
         what = f"bench {r['case']} {r['engine']} {r['device']} {r.get('dtype', '')}"
         if r["case"] == "E":
@@ -124,10 +137,11 @@ files = [base.with_suffix(".json"), base.with_suffix(".md")]
 if os.environ.get("OUT"):
     dest = pathlib.Path(os.environ["OUT"])
     dest.mkdir(parents=True, exist_ok=True)
-    for f in files + [work / "pytest.log", work / "bench.log", work / "bench.json", work / "junit.xml"]:
+    for f in files + [work / "pytest.log", work / "bench.log", work / "bench.json", work / "junit.xml",
+                      work / "bench_eigh.log", work / "bench_eigh.json"]:
         if f.exists():
             shutil.copy(f, dest / (f.name if f.parent != work else f"gpu_check-{f.name}"))
 print("\nwrote " + ", ".join(map(str, files)) + (f" (and copied to $OUT={os.environ['OUT']})" if os.environ.get("OUT") else ""))
 print("\n" + table)
 PYEOF
-[ "$PYTEST_RC" = 0 ] && { [ "$BENCH_RC" = 0 ] || [ "$BENCH_RC" = absent ]; }
+[ "$PYTEST_RC" = 0 ] && { [ "$BENCH_RC" = 0 ] || [ "$BENCH_RC" = absent ]; } && { [ "$EIGH_RC" = 0 ] || [ "$EIGH_RC" = absent ]; }

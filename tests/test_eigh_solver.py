@@ -151,3 +151,23 @@ def test_nan_input_is_reported(emulated):
     with pytest.warns(RuntimeWarning, match="6 eigendecompositions did not converge"):
         h = m.fit(X, Y, epochs=1, batch_size=3, verbose=False)
     assert h["eigh_not_converged"] == [6]
+
+
+def test_bench_eigh_cuda_path_emulated(emulated, monkeypatch):
+    """profiling/bench_eigh.py's case E on the "cuda" path (both solvers, the correctness check), with
+    the emulated backend standing in for CuPy; tiny sizes."""
+    import os
+    import sys
+    import types
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiling"))
+    import bench_eigh
+
+    monkeypatch.setattr(bench_eigh, "get_backend", lambda device: EmulatedCudaEigh())
+    cfg = types.SimpleNamespace(sizes=[3, 6], batch=8, cusolver_batch=4, repeats=1)
+    records, checks, ok = bench_eigh.run_eigh("cuda", "float64", cfg, [])
+    assert ok, checks
+    assert [(r["solver"], r["n"], r["batch"]) for r in records] == [
+        ("cusolver", 3, 4), ("jacobi", 3, 8), ("cusolver", 6, 4), ("jacobi", 6, 8)]
+    assert all(r["not_converged"] == 0 for r in records) and len(checks) == 2
+    assert "jacobi / cusolver" in bench_eigh.table(records)
