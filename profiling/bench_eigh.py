@@ -183,6 +183,12 @@ def main(argv=None) -> int:
           flush=True)
     records, checks, notes, ok = [], [], [], True
     t_start = time.perf_counter()
+
+    def dump():  # after every section, so a run cut short by a timeout still leaves its records
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump([{**r, **meta} for r in records], f, indent=1)
+
     for real in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
         cfg = types.SimpleNamespace(sizes=sizes, batch=batch, cusolver_batch=args.cusolver_batch or
                                     (min(batch, 2**16) if args.quick else batch), repeats=repeats,
@@ -192,6 +198,7 @@ def main(argv=None) -> int:
             recs, chk, good = run_eigh(device, real, cfg, notes)
             records, checks, ok = records + recs, checks + chk, ok and good
             print(f"# case E {real} on {device}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            dump()
         if cfg.cases:
             bench_cfg = bench.Config(types.SimpleNamespace(quick=args.quick, dtype=real, lr=args.lr, repeats=repeats,
                                                            epochs=args.epochs, samples=args.samples))
@@ -201,13 +208,12 @@ def main(argv=None) -> int:
             records, checks, ok = records + recs, checks + chk, ok and good
             print(f"# cases {','.join(cfg.cases)} {real} on {device}: {time.perf_counter() - t0:.1f} s",
                   file=sys.stderr, flush=True)
+            dump()
+    dump()
     records = [{**r, **meta} for r in records]
     print(table(records))
     print("\n".join(checks + [f"note: {n}" for n in dict.fromkeys(notes)]))
     print(f"\n# total {time.perf_counter() - t_start:.1f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(records, f, indent=1)
     return 0 if ok else 1
 
 

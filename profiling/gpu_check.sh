@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# profiling/gpu_check.sh: the GPU check of DESIGN.md §4.4, in one run of under five minutes.
+# profiling/gpu_check.sh: the GPU check of DESIGN.md §4.4, in one run of under five minutes
+# (plus up to 150 s for bench_eigh.py, step 3; each step has its own timeout).
 #
 #   bash profiling/gpu_check.sh            # from anywhere; the repository is the working tree
 #

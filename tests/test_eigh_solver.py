@@ -171,3 +171,24 @@ def test_bench_eigh_cuda_path_emulated(emulated, monkeypatch):
         ("cusolver", 3, 4), ("jacobi", 3, 8), ("cusolver", 6, 4), ("jacobi", 6, 8)]
     assert all(r["not_converged"] == 0 for r in records) and len(checks) == 2
     assert "jacobi / cusolver" in bench_eigh.table(records)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("kind", ["eigenvalue", "transition", "expectation"])
+def test_jacobi_solver_gpu(kind, dtype):
+    """On a GPU: eigh_solver="jacobi" (the real kernels, fused and not) against the NumPy oracle, and
+    the device-side non-convergence count through fit."""
+    rng = np.random.default_rng(7)
+    X, Y = rng.uniform(-1, 1, (37, 3)), rng.normal(size=(37, 2))
+    for smoothing in (0.0, 0.2):
+        if kind == "eigenvalue":
+            kw = dict(n=11, n_features=3, n_eig=2, which="SA")
+            cls = pg.AffineEigenvaluePMM
+        else:
+            kw = dict(n=11, n_features=3, n_outputs=2, n_eig=3, form=kind)
+            cls = pg.AffineObservablePMM
+        ref = cls(device="cpu", seed=3, dtype=dtype, smoothing=smoothing, **kw)
+        gpu = cls(device="cuda", seed=3, dtype=dtype, smoothing=smoothing, eigh_solver="jacobi", **kw)
+        assert_same(ref, gpu, X, Y, dtype)
+    assert gpu.fit(X, Y, epochs=2, batch_size=8, verbose=False)["eigh_not_converged"] == [0, 0]
