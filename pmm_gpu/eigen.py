@@ -51,37 +51,39 @@ def eigvals_vjp(V_S, wbar_S):
     return (V_S * wbar_S[:, None, :]) @ xp.conj(V_S.swapaxes(1, 2))
 
 
-def eigh_vjp(w, V, wbar, Vbar, eta: float):
-    """Cotangent of M from eigenvalue and eigenvector cotangents, with Lorentzian broadening.
+def eigh_vjp(w, V, idx, Vbar_S, eta: float):
+    """Cotangent of M from the cotangents of the selected eigenvectors, with Lorentzian broadening.
 
-        Ā = H( V (diag(λ̄) + F ∘ (Vᴴ V̄)) Vᴴ ),   F_ij = Δ_ij / (Δ_ij² + η²),  Δ_ij = λ_j − λ_i,  F_ii = 0,
+        Ā = H( V (F_S ∘ (Vᴴ V̄_S)) V_Sᴴ ),   F_is = Δ_is / (Δ_is² + η²),  Δ_is = λ_s − λ_i,  s ∈ S,
 
-    H(X) = (X + Xᴴ)/2. Derivation: differentiating M V = V Λ gives Vᴴ dM V = dΛ + Ω Λ − Λ Ω with
-    Ω = Vᴴ dV anti-Hermitian, so dΛ = diag(Vᴴ dM V) and Ω_ij = (Vᴴ dM V)_ij / (λ_j − λ_i) for i ≠ j,
-    dV = V Ω. Inserting both into dL = Re tr(λ̄ᵀ dΛ) + Re tr(V̄ᴴ dV) and transposing the linear map
-    gives the formula above (the Hermitian part appears because dM is Hermitian).
+    H(X) = (X + Xᴴ)/2, S = idx the selected columns, V_S = V[:, S], F_is = 0 where Δ² + η² = 0.
+    Derivation: differentiating M V = V Λ gives Vᴴ dM V = dΛ + Ω Λ − Λ Ω with Ω = Vᴴ dV
+    anti-Hermitian, so Ω_ij = (Vᴴ dM V)_ij / (λ_j − λ_i) for i ≠ j and dV = V Ω. Inserting dV into
+    dL = Re tr(V̄ᴴ dV) and transposing the linear map gives Ā = H(V (F ∘ (Vᴴ V̄)) Vᴴ) for a full
+    V̄ (n, n), F_ij = Δ_ij/(Δ_ij² + η²); the Hermitian part appears because dM is Hermitian. Here V̄
+    is zero outside the columns S, so F ∘ (Vᴴ V̄) is too, and V (F ∘ (Vᴴ V̄)) Vᴴ = V (F_S ∘ (Vᴴ V̄_S)) V_Sᴴ:
+    O(n² r) per sample instead of O(n³), and no zero-padded (B, n, n) cotangent.
     The diagonal of Ω (the phase gauge) is left free; the losses pmm_gpu builds are phase invariant,
-    so the gauge term Im diag(Vᴴ V̄) contributes nothing and F_ii = 0 drops it. η > 0 replaces
-    1/Δ by Δ/(Δ² + η²): exact for |Δ| ≫ η, bounded by 1/(2η) at (near-)degeneracies, so gradients
-    stay finite there (and are biased by O(η²/Δ²) where levels are close). η = 0 is the exact formula
-    (pairs with Δ = 0 then get F = 0).
+    so the gauge term Im (Vᴴ V̄)_ss contributes nothing and F_ss = 0 drops it. η > 0 replaces 1/Δ by
+    Δ/(Δ² + η²): exact for |Δ| ≫ η, bounded by 1/(2η) at (near-)degeneracies, so gradients stay
+    finite there (and are biased by O(η²/Δ²) where levels are close). η = 0 is the exact formula
+    (pairs with Δ = 0 then get F = 0). Eigenvalue cotangents go through ``eigvals_vjp``; the two
+    results add.
 
-    w (B, n), V (B, n, n), wbar (B, n) or None, Vbar (B, n, n) -> Ā (B, n, n) Hermitian.
+    w (B, n), V (B, n, n), idx (B, r) integer, distinct per row, Vbar_S (B, n, r) -> Ā (B, n, n) Hermitian.
     """
     xp = array_module(w)
-    # In place where possible: on the CPU every fresh (B, n, n) temporary costs its page faults.
-    F = w[:, None, :] - w[:, :, None]  # Δ_ij = λ_j − λ_i   (B, n, n)
+    # In place where possible: on the CPU every fresh temporary costs its page faults.
+    F = xp.take_along_axis(w, idx, axis=1)[:, None, :] - w[:, :, None]  # Δ_is = λ_s − λ_i   (B, n, r)
     den = F * F
     den += eta * eta
-    den += den == 0  # Δ = 0 with η = 0 (the diagonal, exact degeneracies): F = 0 / 1 = 0
+    den += den == 0  # Δ = 0 with η = 0 (s itself, exact degeneracies): F = 0 / 1 = 0
     F /= den
-    Vh = xp.conj(V.swapaxes(1, 2))
-    inner = Vh @ Vbar  # (B, n, n)
+    Vh = xp.conj(V.swapaxes(1, 2))  # (B, n, n)
+    inner = Vh @ Vbar_S  # (B, n, r)
     inner *= F
-    if wbar is not None:
-        i = xp.arange(w.shape[1])
-        inner[:, i, i] += wbar
-    A = xp.matmul(V @ inner, Vh, out=inner)  # V inner Vᴴ, written into inner (no longer an input)
+    V_Sh = xp.conj(xp.take_along_axis(V, idx[:, None, :], axis=2).swapaxes(1, 2))  # (B, r, n)
+    A = (V @ inner) @ V_Sh  # V inner V_Sᴴ   (B, n, n)
     A += xp.conj(A.swapaxes(1, 2), out=Vh)  # Aᴴ into Vh's buffer, no longer needed
     A *= 0.5
     return A
@@ -105,27 +107,26 @@ def _vjp_block(work: int) -> int:
     return min(256, max(32, -(-work // 32) * 32))
 
 
-def eigh_vjp_cuda(w, V, wbar, Vbar, eta: float):
+def eigh_vjp_cuda(w, V, idx, Vbar_S, eta: float):
     """RawKernel version of eigh_vjp (kernels/eigen_vjp.cu), same arguments and result.
 
-    One block per sample forms Ā with V, G = diag(λ̄) + F ∘ (Vᴴ V̄) and V G in shared memory tiles;
+    One block per sample forms Ā with V, G = F_S ∘ (Vᴴ V̄_S) and V G in shared memory tiles;
     n above the largest tile (32) falls back to eigh_vjp's array code (cuBLAS batched matmuls).
-    w (B, n) real, V (B, n, n), wbar (B, n) or None, Vbar (B, n, n) on the device -> Ā (B, n, n).
+    w (B, n) real, V (B, n, n), idx (B, r) integer, Vbar_S (B, n, r) on the device -> Ā (B, n, n).
     """
     from . import _cuda
 
     xp = array_module(V)
-    B, n = V.shape[0], V.shape[-1]
+    B, n, r = V.shape[0], V.shape[-1], idx.shape[1]
     tile = _cuda.tile_for(n)
     if tile is None:
-        return eigh_vjp(w, V, wbar, Vbar, eta)
+        return eigh_vjp(w, V, idx, Vbar_S, eta)
     real = np.finfo(V.dtype).dtype
-    V, Vbar = xp.ascontiguousarray(V), xp.ascontiguousarray(Vbar, dtype=V.dtype)
-    w = xp.ascontiguousarray(w, dtype=real)
-    wbar = xp.zeros((B, n), real) if wbar is None else xp.ascontiguousarray(wbar, dtype=real)
+    V, Vbar_S = xp.ascontiguousarray(V), xp.ascontiguousarray(Vbar_S, dtype=V.dtype)
+    w, idx = xp.ascontiguousarray(w, dtype=real), xp.ascontiguousarray(idx, dtype=np.int64)
     Abar = xp.empty_like(V)
     kernel = _cuda.get_kernel("eigh_vjp", real, V.dtype, tile)
-    kernel((max(1, min(B, _cuda.MAX_GRID)),), (_vjp_block(n * n),), (w, V, wbar, Vbar, Abar, B, n, float(eta)))
+    kernel((max(1, min(B, _cuda.MAX_GRID)),), (_vjp_block(n * n),), (w, V, idx, Vbar_S, Abar, B, n, r, float(eta)))
     return Abar
 
 

@@ -198,7 +198,7 @@ class AffineObservablePMM(PMM):
         """gout = ∂L/∂z (B, Q) -> gradients of bias, secondaries and primaries in self._grads."""
         xp = self.backend.xp
         X1, w, V, idx, V_S, DV, Q, G = cache
-        B, l = gout.shape[0], self.n_secondaries
+        l = self.n_secondaries
         tbar = xp.repeat(gout, l, axis=1)  # (B, K): ∂z_q/∂t_qm = 1
         Vbar_S, Dbar = self.backend.observable_backward(V_S, DV, Q, tbar, self.form)
         if self.centered:
@@ -207,9 +207,7 @@ class AffineObservablePMM(PMM):
             self._grads["secondaries"].shape)
         if self.bias:
             self._grads["bias"][...] = gout.sum(axis=0)
-        Vbar = xp.zeros_like(V)  # (B, n, n): zero outside the selected columns
-        Vbar[xp.arange(B)[:, None], :, idx] = Vbar_S.swapaxes(1, 2)
-        Abar = self.backend.eigh_vjp(w, V, None, Vbar, self.eta)
+        Abar = self.backend.eigh_vjp(w, V, idx, Vbar_S, self.eta)  # (B, n, n)
         self._grads["primaries"][...] = self._assemble_backward(X1, Abar)
 
 

@@ -12,31 +12,52 @@ def random_hermitian(rng, n, field, B=1):
     return (A + np.conj(A.swapaxes(1, 2))) / 2
 
 
-def projector_loss(M, W, S):
-    """L = Re Σ_{s∈S} v_sᴴ W v_s + Σ_s c_s λ_s: invariant under eigenvector phases."""
-    w, V = np.linalg.eigh(M)
-    c = np.arange(1, len(S) + 1)
-    return sum(np.real(np.conj(V[0, :, s]) @ W @ V[0, :, s]) for s in S) + float(c @ w[0, S])
+def projector_loss(M, W, idx):
+    """L = Re Σ_b Σ_{s∈S_b} v_sᴴ W v_s with S_b = idx[b]: invariant under eigenvector phases."""
+    _, V = np.linalg.eigh(M)
+    _, V_S = select(np.zeros(V.shape[:2]), V, idx)  # (B, n, r)
+    return float(np.sum(np.real(np.conj(V_S) * (W @ V_S))))
 
 
 @pytest.mark.parametrize("field", ["real", "complex"])
 def test_eigh_vjp_matches_finite_differences(field):
     rng = np.random.default_rng(0)
-    n, S = 5, [0, 2, 3]
-    M = random_hermitian(rng, n, field)
+    B, n, r = 3, 5, 3
+    M = random_hermitian(rng, n, field, B)
     W = random_hermitian(rng, n, field)[0]
     w, V = np.linalg.eigh(M)
-    Vbar = np.zeros_like(V)
-    Vbar[0][:, S] = 2 * W @ V[0][:, S]  # ∂/∂V̄ of Re vᴴ W v = 2 W v (cotangent convention dL = Re tr(V̄ᴴ dV))
-    wbar = np.zeros_like(w)
-    wbar[0, S] = np.arange(1, len(S) + 1)
-    Abar = eigh_vjp(w, V, wbar, Vbar, eta=0.0)[0]
-    # directional derivatives along random Hermitian directions: dL = Re tr(Āᴴ dM)
+    idx = np.stack([rng.permutation(n)[:r] for _ in range(B)])  # any distinct columns, any order
+    _, V_S = select(w, V, idx)
+    Vbar_S = 2 * W @ V_S  # ∂/∂V̄ of Re vᴴ W v = 2 W v (cotangent convention dL = Re tr(V̄ᴴ dV))
+    Abar = eigh_vjp(w, V, idx, Vbar_S, eta=0.0)
+    np.testing.assert_allclose(Abar, np.conj(Abar.swapaxes(1, 2)), atol=1e-14)
+    # directional derivatives along random Hermitian directions: dL = Σ_b Re tr(Ā_bᴴ dM_b)
     for _ in range(4):
-        D = random_hermitian(rng, n, field)[0]
+        D = random_hermitian(rng, n, field, B)
         h = 1e-6
-        fd = (projector_loss(M + h * D, W, S) - projector_loss(M - h * D, W, S)) / (2 * h)
-        assert np.real(np.trace(np.conj(Abar).T @ D)) == pytest.approx(fd, rel=1e-7, abs=1e-9)
+        fd = (projector_loss(M + h * D, W, idx) - projector_loss(M - h * D, W, idx)) / (2 * h)
+        assert np.sum(np.real(np.conj(Abar) * D)) == pytest.approx(fd, rel=1e-7, abs=1e-9)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1e-3, 0.5])
+def test_eigh_vjp_equals_full_formula_with_zero_padded_cotangent(eta):
+    """The selected-column contract equals Ā = H(V (F ∘ (Vᴴ V̄)) Vᴴ) with V̄ zero outside the columns S."""
+    rng = np.random.default_rng(3)
+    B, n = 4, 6
+    M = random_hermitian(rng, n, "complex", B)
+    M[0] = np.diag([1.0, 1.0, 2.0, 3.0, 3.0, 4.0])  # exact degeneracies inside and across S
+    w, V = np.linalg.eigh(M)
+    for r in range(1, n + 1):
+        idx = np.stack([rng.permutation(n)[:r] for _ in range(B)])
+        Vbar_S = rng.normal(size=(B, n, r)) + 1j * rng.normal(size=(B, n, r))
+        Vbar = np.zeros_like(V)
+        Vbar[np.arange(B)[:, None], :, idx] = Vbar_S.swapaxes(1, 2)
+        d = w[:, None, :] - w[:, :, None]  # Δ_ij = λ_j − λ_i
+        den = d * d + eta * eta
+        F = np.where(den == 0, 0.0, d / np.where(den == 0, 1.0, den))
+        X = V @ (F * (np.conj(V.swapaxes(1, 2)) @ Vbar)) @ np.conj(V.swapaxes(1, 2))
+        np.testing.assert_allclose(eigh_vjp(w, V, idx, Vbar_S, eta), (X + np.conj(X.swapaxes(1, 2))) / 2,
+                                   rtol=0, atol=1e-12 * max(1.0, np.abs(X).max()))
 
 
 def test_eigvals_vjp_matches_finite_differences():
@@ -59,8 +80,10 @@ def test_eigvals_vjp_matches_finite_differences():
 def test_eigh_vjp_finite_at_exact_degeneracy():
     M = np.diag([1.0, 1.0, 2.0]).astype(complex)[None]
     w, V = np.linalg.eigh(M)
-    Vbar = np.ones_like(V)
-    assert np.all(np.isfinite(eigh_vjp(w, V, None, Vbar, eta=1e-3)))
+    idx = np.array([[1, 2]])
+    Vbar_S = np.ones((1, 3, 2), complex)
+    for eta in (1e-3, 0.0):
+        assert np.all(np.isfinite(eigh_vjp(w, V, idx, Vbar_S, eta)))
 
 
 def test_eigh_chunked_equals_unchunked():

@@ -38,16 +38,22 @@ def random_matrices(rng, shape, dtype):
     return a.astype(dtype)
 
 
-def problem(rng, B, n, dtype, degenerate=False):
-    """w, V of random Hermitian matrices (an exactly degenerate pair when asked), random λ̄ and V̄."""
+def eigenpairs(rng, B, n, dtype, degenerate=False):
+    """w, V of random Hermitian matrices; with ``degenerate``, eigenvalues (1, 1, 2, 3, ...)."""
     A = random_matrices(rng, (B, n, n), dtype)
     A = A + np.conj(A.swapaxes(1, 2))
-    if degenerate:  # same eigenvectors, eigenvalues (1, 1, 2, 3, ...)
+    if degenerate:  # same eigenvectors, an exactly degenerate pair
         _, U = np.linalg.eigh(A)
         lam = np.r_[1.0, np.arange(1, n)].astype(real_of(dtype))
         A = ((U * lam[None, None]) @ np.conj(U.swapaxes(1, 2))).astype(dtype)
-    w, V = np.linalg.eigh(A)
-    return w, V, rng.standard_normal((B, n)).astype(w.dtype), random_matrices(rng, (B, n, n), dtype)
+    return np.linalg.eigh(A)
+
+
+def problem(rng, B, n, r, dtype, degenerate=False):
+    """w, V as ``eigenpairs``, r distinct selected columns idx (B, r) in random order, random V̄_S (B, n, r)."""
+    w, V = eigenpairs(rng, B, n, dtype, degenerate)
+    idx = np.stack([rng.permutation(n)[:r] for _ in range(B)]).astype(np.int64)
+    return w, V, idx, random_matrices(rng, (B, n, r), dtype)
 
 
 def launches(B, n):
@@ -56,10 +62,11 @@ def launches(B, n):
     return [(1, 3), (max(1, B - 1), 32), (B + 2, 5)]
 
 
-def run_eigh_vjp(emu, w, V, wbar, Vbar, eta, tile, grid, block):
-    B, n = w.shape
+def run_eigh_vjp(emu, w, V, idx, Vbar_S, eta, tile, grid, block):
+    B, n, r = *V.shape[:2], idx.shape[1]
     out = np.full(V.shape, np.nan, V.dtype)
-    emu.launch("eigh_vjp", _cuda.template_args((w.dtype, V.dtype, tile)), grid, block, w, V, wbar, Vbar, out, B, n, eta)
+    emu.launch("eigh_vjp", _cuda.template_args((w.dtype, V.dtype, tile)), grid, block,
+               w, V, idx, Vbar_S, out, B, n, r, eta)
     return out
 
 
@@ -69,12 +76,13 @@ def run_eigh_vjp(emu, w, V, wbar, Vbar, eta, tile, grid, block):
 def test_eigh_vjp_emulated(n, B, dtype):
     rng = np.random.default_rng(10 * n + B)
     emu = emulator.family("eigen_vjp")
-    for eta, degenerate in ((0.0, False), (1e-3, False), (0.3, True)):
-        w, V, wbar, Vbar = problem(rng, B, n, dtype, degenerate)
-        ref = eigh_vjp(w, V, wbar, Vbar, eta)
-        for tile in _cuda.TILES:  # every tile that holds n
-            for grid, block in launches(B, n):
-                assert_close(run_eigh_vjp(emu, w, V, wbar, Vbar, eta, tile, grid, block), ref, dtype)
+    for r in range(1, n + 1):
+        for eta, degenerate in ((0.0, False), (1e-3, False), (0.3, True)):
+            w, V, idx, Vbar_S = problem(rng, B, n, r, dtype, degenerate)
+            ref = eigh_vjp(w, V, idx, Vbar_S, eta)
+            for tile in (t for t in _cuda.TILES if n <= t):
+                for grid, block in launches(B, n):
+                    assert_close(run_eigh_vjp(emu, w, V, idx, Vbar_S, eta, tile, grid, block), ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -83,7 +91,7 @@ def test_eigh_vjp_emulated(n, B, dtype):
 def test_eigvals_vjp_emulated(n, B, dtype):
     rng = np.random.default_rng(10 * n + B)
     emu = emulator.family("eigen_vjp")
-    w, V, _, _ = problem(rng, B, n, dtype)
+    w, V = eigenpairs(rng, B, n, dtype)
     for k in sorted({1, (n + 1) // 2, n}):
         V_S = np.ascontiguousarray(V[:, :, n - k:])
         ybar = rng.standard_normal((B, k)).astype(w.dtype)
@@ -104,9 +112,11 @@ def emulated_loader(monkeypatch):
 def test_launchers_emulated(dtype, emulated_loader):
     rng = np.random.default_rng(5)
     for n in (5, 9, 17):  # one n per tile
-        w, V, wbar, Vbar = problem(rng, 3, n, dtype)
-        assert_close(eigh_vjp_cuda(w, V, wbar, Vbar, 1e-4), eigh_vjp(w, V, wbar, Vbar, 1e-4), dtype)
-        assert_close(eigh_vjp_cuda(w, V, None, Vbar, 0.0), eigh_vjp(w, V, None, Vbar, 0.0), dtype)
+        w, V = eigenpairs(rng, 3, n, dtype)
+        idx = np.argsort(rng.standard_normal((3, n)), axis=1)[:, 1:4].astype(np.int32)  # non-contiguous, int32
+        Vbar_S = random_matrices(rng, (3, n, 6), dtype)[:, :, ::2]  # non-contiguous
+        for eta in (1e-4, 0.0):
+            assert_close(eigh_vjp_cuda(w, V, idx, Vbar_S, eta), eigh_vjp(w, V, idx, Vbar_S, eta), dtype)
         V_S, ybar = V[:, :, 1:3], rng.standard_normal((3, 2)).astype(w.dtype)  # non-contiguous V_S
         assert_close(eigvals_vjp_cuda(V_S, ybar), eigvals_vjp(V_S, ybar), dtype)
 
@@ -116,8 +126,8 @@ def test_eigh_vjp_launcher_falls_back_above_largest_tile(emulated_loader, monkey
         raise AssertionError("no kernel for n > 32")
 
     monkeypatch.setattr(_cuda, "get_kernel", no_kernel)
-    w, V, wbar, Vbar = problem(np.random.default_rng(0), 2, 33, np.complex128)
-    np.testing.assert_array_equal(eigh_vjp_cuda(w, V, wbar, Vbar, 1e-3), eigh_vjp(w, V, wbar, Vbar, 1e-3))
+    w, V, idx, Vbar_S = problem(np.random.default_rng(0), 2, 33, 4, np.complex128)
+    np.testing.assert_array_equal(eigh_vjp_cuda(w, V, idx, Vbar_S, 1e-3), eigh_vjp(w, V, idx, Vbar_S, 1e-3))
 
 
 # --- ThreadSanitizer: the barrier kernel has no data race between its phases -----------------------
@@ -127,10 +137,10 @@ def tsan_check() -> bool:
     emu = emulator.Emulator(_cuda.kernel_dir() / "eigen_vjp.cu", _cuda.family_kernels("eigen_vjp"), sanitize="thread")
     ok = True
     for dtype in (np.float64, np.complex128):
-        w, V, wbar, Vbar = problem(np.random.default_rng(1), 3, 5, dtype)
-        ref = eigh_vjp(w, V, wbar, Vbar, 1e-3)
+        w, V, idx, Vbar_S = problem(np.random.default_rng(1), 3, 5, 3, dtype)
+        ref = eigh_vjp(w, V, idx, Vbar_S, 1e-3)
         for grid, block in ((1, 7), (2, 32)):
-            out = run_eigh_vjp(emu, w, V, wbar, Vbar, 1e-3, 8, grid, block)
+            out = run_eigh_vjp(emu, w, V, idx, Vbar_S, 1e-3, 8, grid, block)
             ok &= bool(np.abs(out - ref).max() <= 1e-12 * np.abs(ref).max())
     return ok
 
@@ -155,11 +165,14 @@ def test_eigen_vjp_gpu(n, dtype):
     import cupy
 
     rng = np.random.default_rng(n)
-    w, V, wbar, Vbar = problem(rng, 1031, n, dtype)
-    d = [cupy.asarray(a) for a in (w, V, wbar, Vbar)]
-    assert_close(cupy.asnumpy(eigh_vjp_cuda(*d, 1e-4)), eigh_vjp(w, V, wbar, Vbar, 1e-4), dtype)
-    assert_close(cupy.asnumpy(eigh_vjp_cuda(d[0], d[1], None, d[3], 0.0)), eigh_vjp(w, V, None, Vbar, 0.0), dtype)
+    w, V = eigenpairs(rng, 1031, n, dtype)
+    for r in sorted({1, max(1, n // 4), n}):
+        idx = np.stack([rng.permutation(n)[:r] for _ in range(1031)])
+        Vbar_S = random_matrices(rng, (1031, n, r), dtype)
+        d = [cupy.asarray(a) for a in (w, V, idx, Vbar_S)]
+        for eta in (1e-4, 0.0):
+            assert_close(cupy.asnumpy(eigh_vjp_cuda(*d, eta)), eigh_vjp(w, V, idx, Vbar_S, eta), dtype)
     k = max(1, n // 2)
     ybar = rng.standard_normal((1031, k)).astype(w.dtype)
-    out = eigvals_vjp_cuda(d[1][:, :, :k], cupy.asarray(ybar))
+    out = eigvals_vjp_cuda(cupy.asarray(V)[:, :, :k], cupy.asarray(ybar))
     assert_close(cupy.asnumpy(out), eigvals_vjp(V[:, :, :k], ybar), dtype)
