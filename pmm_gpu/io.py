@@ -29,13 +29,13 @@ def atomic_write(path, write):
 
 
 def save(model, path):
-    """Write config, parameters, optimizer state and extra state (``model._extra_state()``) to ``path``."""
+    """Write config, parameters, optimizer state and ``model.extra_state`` to ``path``."""
     arrays = {"format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
               "class": np.array(type(model).__name__), "config": np.array(json.dumps(model.get_config())),
               "params": model.backend.to_numpy(model._flat)}
     if model.opt_state is not None:
         arrays.update({f"adam_{k}": model.backend.to_numpy(v) for k, v in model.opt_state.items()})
-    for k, v in getattr(model, "_extra_state", dict)().items():
+    for k, v in model.extra_state.items():
         arrays[f"extra_{k}"] = np.asarray(v)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
@@ -74,9 +74,7 @@ def load(path, device: str | None = None):
     if "adam_m" in data:
         model.opt_state = {"m": xp.asarray(data["adam_m"]), "v": xp.asarray(data["adam_v"]),
                            "step": xp.asarray(data["adam_step"])}
-    extra = {k[len("extra_"):]: v for k, v in data.items() if k.startswith("extra_")}
-    if extra:
-        model._load_extra_state(extra)
+    model.extra_state = {k[len("extra_"):]: v for k, v in data.items() if k.startswith("extra_")}
     return model
 
 

@@ -50,6 +50,7 @@ class PMM:
         self.P = packed_size(self.n, self.field)
         self._build_params(self._init_params(np.random.default_rng(seed)))
         self.opt_state = None  # Adam moments and step, kept with the model so training can resume
+        self.extra_state: dict[str, np.ndarray] = {}  # saved with the model (e.g. an estimator's scalers)
         self.history = None
 
     # --- parameters -------------------------------------------------------------------------------

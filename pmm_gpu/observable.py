@@ -134,7 +134,6 @@ class AffineObservablePMM(PMM):
         if self.n_eig == n:
             warnings.warn(f"n_eig = n = {n}: every eigenvector is selected, so V_S V_Sᴴ = 1 and the outputs "
                           "(‖D‖_F² or tr D) do not depend on x; choose n_eig < n", UserWarning, stacklevel=2)
-        self.extra_state: dict[str, np.ndarray] = {}  # saved with the model (io.save/load)
         super().__init__(n, n_features, **kwargs)
 
     # --- configuration and parameters ------------------------------------------------------------
@@ -165,12 +164,6 @@ class AffineObservablePMM(PMM):
         from .model import _unpack_host
 
         return _unpack_host(self.backend.to_numpy(self.params["secondaries"]), self.n, self.field)
-
-    def _extra_state(self) -> dict:
-        return dict(self.extra_state)
-
-    def _load_extra_state(self, state: dict):
-        self.extra_state = dict(state)
 
     # --- forward / backward ----------------------------------------------------------------------
     def _forward(self, X, need_grad: bool):
