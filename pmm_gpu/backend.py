@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 
 import numpy as np
 
@@ -82,23 +83,26 @@ def nvtx_range(name: str):
     return annotate(name, domain="pmm_gpu") if annotate else contextlib.nullcontext()
 
 
+# Ops that have a CUDA kernel, as (module, op): the NumPy reference is ``module.op``, the CuPy
+# launcher ``module.op_cuda`` (kernels/<family>.cu), with the same signature and contract.
+KERNEL_OPS = (("assemble", "assemble_forward"), ("assemble", "assemble_backward"), ("eigen", "eigh_vjp"),
+              ("eigen", "eigvals_vjp"), ("observable", "observable_forward"),
+              ("observable", "observable_backward"), ("adam", "adam_step"))
+
+
+def _bind_kernel_ops(backend, suffix: str):
+    for module, op in KERNEL_OPS:
+        setattr(backend, op, getattr(importlib.import_module(f".{module}", __package__), op + suffix))
+
+
 class NumpyBackend:
     """CPU backend and reference oracle."""
 
     name = "cpu"
 
     def __init__(self):
-        from . import adam, assemble, eigen, observable
-
         self.xp = np
-        # Ops with a CUDA kernel; here their NumPy reference implementations.
-        self.assemble_forward = assemble.assemble_forward
-        self.assemble_backward = assemble.assemble_backward
-        self.eigh_vjp = eigen.eigh_vjp
-        self.eigvals_vjp = eigen.eigvals_vjp
-        self.observable_forward = observable.observable_forward
-        self.observable_backward = observable.observable_backward
-        self.adam_step = adam.adam_step
+        _bind_kernel_ops(self, suffix="")  # the NumPy references
 
     def asarray(self, a, dtype=None):
         return self.xp.asarray(a, dtype=dtype)
@@ -136,16 +140,8 @@ class CupyBackend(NumpyBackend):
     def __init__(self):
         import cupy
 
-        from . import adam, assemble, eigen, observable
-
         self.xp = cupy
-        self.assemble_forward = assemble.assemble_forward_cuda
-        self.assemble_backward = assemble.assemble_backward_cuda
-        self.eigh_vjp = eigen.eigh_vjp_cuda
-        self.eigvals_vjp = eigen.eigvals_vjp_cuda
-        self.observable_forward = observable.observable_forward_cuda
-        self.observable_backward = observable.observable_backward_cuda
-        self.adam_step = adam.adam_step_cuda
+        _bind_kernel_ops(self, suffix="_cuda")  # the RawKernel launchers
 
     def to_numpy(self, a) -> np.ndarray:
         return self.xp.asnumpy(a)

@@ -23,3 +23,15 @@ def test_unknown_device():
 def test_cuda_status_never_raises():
     ok, why = cuda_status()
     assert isinstance(ok, bool) and why
+
+
+def test_every_kernel_op_has_reference_and_launcher_with_one_signature():
+    import importlib
+    import inspect
+
+    from pmm_gpu.backend import KERNEL_OPS
+
+    for module, op in KERNEL_OPS:
+        mod = importlib.import_module(f"pmm_gpu.{module}")
+        ref, cuda = getattr(mod, op), getattr(mod, op + "_cuda")
+        assert list(inspect.signature(ref).parameters) == list(inspect.signature(cuda).parameters), op
