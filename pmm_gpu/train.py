@@ -47,7 +47,7 @@ def init_adam(model) -> dict:
 
 def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e-2, loss="mse",
         huber_delta: float = 1.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-        clip_norm: float | None = None, schedule="constant", validation_data=None,
+        clip_norm: float | None = None, weight_decay: float = 0.0, schedule="constant", validation_data=None,
         patience: int | None = None, min_delta: float = 0.0, restore_best: bool = True,
         seed: int | None = 0, verbose: bool = True, callback=None) -> dict:
     """Train ``model`` on (X, Y) with mini-batch Adam; returns the history dict (also ``model.history``).
@@ -56,6 +56,9 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
         the order is reshuffled every epoch from ``seed``.
     lr, betas, eps: Adam hyperparameters; schedule: "constant", "cosine" or a callable
         (step, total_steps) -> multiplier of lr; clip_norm: clip the global gradient norm.
+    weight_decay: decoupled weight decay λ (AdamW, Loshchilov & Hutter 2019) on every parameter:
+        θ ← θ − lr_t·(m̂/(√v̂ + ε) + λ·θ), applied as θ ← (1 − lr_t·λ)·θ before the Adam step (an
+        array op on the flat buffer, so the Adam kernel contract is unchanged); 0 is plain Adam.
     loss: "mse", "mae", "huber" (with huber_delta), "cross_entropy" or a callable (see losses.py).
     validation_data: (Xv, Yv) evaluated after every epoch. Early stopping monitors the validation
         loss (the training loss without validation data): stop after ``patience`` epochs without an
@@ -70,6 +73,7 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
     batch_size = checks.positive_int("batch_size", batch_size)
     lr = checks.finite_float("lr", lr, minimum=0.0)
     clip_norm = None if clip_norm is None else checks.finite_float("clip_norm", clip_norm, minimum=0.0)
+    weight_decay = checks.finite_float("weight_decay", weight_decay, minimum=0.0)
     if not callable(schedule):
         checks.choice("schedule", schedule, SCHEDULES)
     if patience is not None:
@@ -112,7 +116,10 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
                     gnorm = xp.sqrt((model._grad * model._grad).sum())
                     scale = xp.minimum(1.0, clip_norm / (gnorm + 1e-30))
                 st["step"] += 1
-                be.adam_step(model._flat, model._grad, st["m"], st["v"], lr=lr * lr_factor(schedule, step, total_steps),
+                lr_t = lr * lr_factor(schedule, step, total_steps)
+                if weight_decay:
+                    model._flat *= 1.0 - lr_t * weight_decay
+                be.adam_step(model._flat, model._grad, st["m"], st["v"], lr=lr_t,
                              beta1=beta1, beta2=beta2, eps=eps, step=int(st["step"]), scale=scale)
             step += 1
         epoch_loss = float(total) / N  # the one host synchronisation of the epoch

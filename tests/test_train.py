@@ -56,6 +56,30 @@ def test_fit_is_minibatch_adam_on_loss_and_grad():
     assert int(a.opt_state["step"]) == 3
 
 
+def test_weight_decay_is_textbook_adamw():
+    """fit(weight_decay=λ) == AdamW (Loshchilov & Hutter, Algorithm 2, decoupled decay scaled by lr_t)."""
+    X, Y = data(8)
+    a, b = model(), model()
+    lam, lr, steps = 0.3, 0.05, 4
+    a.fit(X, Y, epochs=steps, batch_size=8, lr=lr, weight_decay=lam, schedule="cosine", verbose=False)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    theta = b._flat.copy()
+    m, v = np.zeros_like(theta), np.zeros_like(theta)
+    for t in range(1, steps + 1):
+        b._flat[...] = theta
+        g = b.loss_and_grad(X, Y)[1]["primaries"].ravel()
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        lr_t = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
+        theta = theta - lr_t * ((m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps) + lam * theta)
+    np.testing.assert_allclose(a._flat, theta, rtol=1e-12, atol=1e-14)
+    c = model()
+    c.fit(X, Y, epochs=steps, batch_size=8, lr=lr, schedule="cosine", verbose=False)
+    assert not np.allclose(c._flat, a._flat)  # the decay does act
+    with pytest.raises(ValueError):
+        model().fit(X, Y, epochs=1, weight_decay=-1.0, verbose=False)
+
+
 def test_cosine_and_callable_schedules():
     assert lr_factor("cosine", 0, 10) == 1.0 and lr_factor("cosine", 10, 10) == pytest.approx(0.0)
     assert lr_factor("cosine", 5, 10) == pytest.approx(0.5)
