@@ -1,275 +1,27 @@
-// jacobi.cu: batched eigensolver for small (n <= 32) real-symmetric / complex-Hermitian matrices.
+// jacobi.cu: batched eigh of small (n <= 32) Hermitian matrices, one thread block per matrix
+// (the solver, its design and measurements: jacobi.cuh).
 //
-// Method: two-sided cyclic Jacobi, A <- Jᴴ A J, V <- V J, with a parallel round-robin (tournament,
-// "circle method") order. A sweep is 2⌈n/2⌉ − 1 rounds; a round rotates ⌈n/2⌉ disjoint pairs (p, q)
-// at once (odd n: one dummy index, its pair idles), so every pair is visited once per sweep.
-// Design, and why:
-//   - one thread block per matrix (block-stride over the batch), A and V in fixed-size shared memory:
-//     the whole solve touches global memory once to read M and once to write (w, V). Fixed-size
-//     shared memory and plain __syncthreads() keep the kernel runnable by the g++ emulation harness
-//     (tests/emu/cuda_emu.h: no warp intrinsics, no atomics) and checkable under ThreadSanitizer.
-//   - any blockDim.x <= JACOBI_MAX_THREADS works (work loops are strided), so the same source runs
-//     with a few emulated threads on the CPU and a few warps on a GPU.
-//   - a round is three barrier-separated phases: (1) one thread per pair computes the rotation from
-//     a_pp, a_qq, a_pq; (2) row update A <- Jᴴ A, one work item per (pair, column); (3) column update
-//     A <- A J and V <- V J, one item per (row, pair). The pairs are disjoint, so items never share
-//     an entry within a phase. The 2×2 block of each pair is written exactly (a_pq = 0, the new
-//     diagonal from the stable formulas) rather than from the rotated entries.
-//   - rotation (Rutishauser / Numerical Recipes form, extended to complex Hermitian): with
-//     a_pq = |a_pq| e, |e| = 1,  θ = (a_qq − a_pp) / (2|a_pq|),  t = sign(θ)/(|θ| + sqrt(θ² + 1)),
-//     c = 1/sqrt(1 + t²), s = t c:  J_pp = J_qq = c, J_pq = s e, J_qp = −s ē. Then (Jᴴ A J)_pq = 0,
-//     a_pp' = a_pp − t|a_pq|,  a_qq' = a_qq + t|a_pq|  (|t| <= 1: the small angle). Updates are
-//     applied as x + s·(u − τx), τ = s/(1 + c) (Rutishauser): the correction to x is small for small
-//     angles and rounds much less than c·x − s·y (measured: ‖VᴴV − I‖₂ 6× smaller at n = 32, float32).
-//   - the matrix is first scaled by a power of two (exact) so that max|a_ij| ∈ [1/2, 1): squared
-//     norms cannot overflow or underflow; eigenvalues are scaled back exactly.
-//   - convergence: before each sweep, off(A)² = Σ_{i≠j} |a_ij|² is compared with tol²·‖A‖_F² (‖A‖_F
-//     is invariant under the rotations, computed once). A sweep cap bounds the work; a matrix that
-//     misses it (or holds NaN/Inf) gets sweeps[b] = −1, so non-convergence is seen on the device.
-//     Measured on the emulator (profiling/results/jacobi-sweeps.md): random matrices converge
-//     quadratically (<= 9 sweeps at n = 32), exactly degenerate / tightly clustered spectra only
-//     linearly in this parallel order (up to ~45 sweeps at n = 32), hence the launcher's cap of 60.
-//   - eigenvalues sorted ascending by a rank sort (n <= 32 comparisons per thread, NaN last);
-//     eigenvectors are the columns of V in the numpy.linalg.eigh layout: V[b, :, j] is the j-th.
-// M is read from its lower triangle (numpy.linalg.eigh's default UPLO='L'); the diagonal's imaginary
-// part is ignored.
-//
-// Template arguments: R the real type (float, double); S the element type, R or cplx<R>.
-#include "common.cuh"
-
-#define JACOBI_NMAX 32           // largest n; the shared arrays are sized for it
-#define JACOBI_MAX_THREADS 256   // largest blockDim.x (size of the reduction scratch)
-
-namespace jac {
-
-template <class R> __device__ __forceinline__ R conj(R a) { return a; }
-template <class R> __device__ __forceinline__ cplx<R> conj(cplx<R> a) { return {a.re, -a.im}; }
-template <class R> __device__ __forceinline__ R abs2(R a) { return a * a; }
-template <class R> __device__ __forceinline__ R abs2(cplx<R> a) { return a.re * a.re + a.im * a.im; }
-template <class R> __device__ __forceinline__ R absmax(R a) { return fabs(a); }
-template <class R> __device__ __forceinline__ R absmax(cplx<R> a) {
-  return fabs(a.re) > fabs(a.im) ? fabs(a.re) : fabs(a.im);
-}
-// a = g·ph with g = |a| >= 0 and |ph| = 1 (ph = 1 for a = 0), without squaring underflow. Near
-// convergence a_pq is routinely tiny (denormal in float): the phase is taken from the components
-// scaled to [−1, 1], never from a/|a| with a rounded denormal |a|, or the rotation is not unitary.
-template <class R> __device__ __forceinline__ void polar(R a, R& g, R& ph) {
-  g = fabs(a);
-  ph = a < R(0) ? R(-1) : R(1);
-}
-template <class R> __device__ __forceinline__ void polar(cplx<R> a, R& g, cplx<R>& ph) {
-  const R m = absmax(a);
-  if (m == R(0)) {
-    g = m;
-    ph = {R(1), R(0)};
-    return;
-  }
-  const R x = a.re / m, y = a.im / m, h = sqrt(x * x + y * y);
-  g = m * h;
-  ph = {x / h, y / h};
-}
-template <class R> __device__ __forceinline__ R mul(R a, R b) { return a * b; }
-template <class R> __device__ __forceinline__ cplx<R> mul(cplx<R> a, cplx<R> b) {
-  return {a.re * b.re - a.im * b.im, a.re * b.im + a.im * b.re};
-}
-// x + s·(u − τ·x): every rotation update, in the form that rounds least (c = 1 − sτ, τ = s/(1+c)).
-template <class R> __device__ __forceinline__ R step(R x, R u, R s, R tau) { return x + s * (u - tau * x); }
-template <class R> __device__ __forceinline__ cplx<R> step(cplx<R> x, cplx<R> u, R s, R tau) {
-  return {x.re + s * (u.re - tau * x.re), x.im + s * (u.im - tau * x.im)};
-}
-template <class R> __device__ __forceinline__ R scale2(R a, int e) { return ldexp(a, e); }
-template <class R> __device__ __forceinline__ cplx<R> scale2(cplx<R> a, int e) {
-  return {ldexp(a.re, e), ldexp(a.im, e)};
-}
-template <class R> __device__ __forceinline__ cplx<R> neg(cplx<R> a) { return {-a.re, -a.im}; }
-template <class R> __device__ __forceinline__ R neg(R a) { return -a; }
-
-// Strict weak order for the eigenvalue sort: NaN after everything, NaNs equivalent.
-template <class R> __device__ __forceinline__ bool before(R a, R b) { return a < b || (a == a && b != b); }
-
-// Pair k of round r of the circle method on m + 1 = 2·half indices: (r, m), ((r+k) mod m, (r−k) mod m).
-__device__ __forceinline__ void pair(int r, int k, int m, int& p, int& q) {
-  const int a = k == 0 ? r : (r + k) % m, b = k == 0 ? m : (r - k + m) % m;
-  p = a < b ? a : b;
-  q = a < b ? b : a;
-}
-
-// Offset of row i of the row-major upper triangle (diagonal included) of an n×n matrix (assemble.cu).
-__device__ __forceinline__ long long triu_start(long long i, long long n) { return i * n - i * (i - 1) / 2; }
-
-template <class R, class S>
-struct Smem {
-  S A[JACOBI_NMAX][JACOBI_NMAX + 1];  // the matrix being diagonalised (padded rows)
-  S V[JACOBI_NMAX][JACOBI_NMAX + 1];  // accumulated rotations
-  S ph[JACOBI_NMAX / 2];              // per pair of the current round: the phase e = a_pq/|a_pq|,
-  R s[JACOBI_NMAX / 2], tau[JACOBI_NMAX / 2];    // s and τ = s/(1 + c),
-  R dpp[JACOBI_NMAX / 2], dqq[JACOBI_NMAX / 2];  // the new diagonal
-  R red[JACOBI_MAX_THREADS];          // reduction scratch
-  int perm[JACOBI_NMAX];              // perm[j]: the index of the j-th smallest eigenvalue
-};
-
-// Sum (or max) over the block of one value per thread; every thread gets the result.
-template <bool MAX, class R>
-__device__ R block_reduce(R v, R* red) {
-  const int tid = threadIdx.x, nt = blockDim.x;
-  red[tid] = v;
-  __syncthreads();
-  if (tid == 0) {
-    R acc = red[0];
-    for (int t = 1; t < nt; ++t) acc = MAX ? (red[t] > acc ? red[t] : acc) : acc + red[t];
-    red[0] = acc;
-  }
-  __syncthreads();
-  const R out = red[0];
-  __syncthreads();  // red is reused by the next reduction
-  return out;
-}
-
-// Diagonalise sh.A (n×n, Hermitian, loaded by every thread before the call without a barrier);
-// write the sorted eigenvalues w (n), eigenvectors Vout (n, n) and the sweep count *sweeps.
-template <class R, class S>
-__device__ void solve(Smem<R, S>& sh, int n, int max_sweeps, R tol, R* __restrict__ w,
-                      S* __restrict__ Vout, int* __restrict__ sweeps) {
-  const int tid = threadIdx.x, nt = blockDim.x, half = (n + 1) / 2, m = 2 * half - 1;
-  for (int e = tid; e < n * n; e += nt)
-    sh.V[e / n][e % n] = make_elem<S>::of(R(e / n == e % n), R(0));
-  __syncthreads();  // A loaded
-
-  // Scale by a power of two: max|a_ij| -> [1/2, 1).
-  R amax = R(0);
-  for (int e = tid; e < n * n; e += nt) {
-    const R a = absmax(sh.A[e / n][e % n]);
-    amax = a > amax ? a : amax;
-  }
-  amax = block_reduce<true>(amax, sh.red);
-  int ex = 0;
-  if (amax > R(0) && amax == amax && amax - amax == R(0)) frexp(amax, &ex);
-  R fro2 = R(0);
-  for (int e = tid; e < n * n; e += nt) {
-    const S a = scale2(sh.A[e / n][e % n], -ex);
-    sh.A[e / n][e % n] = a;
-    fro2 += abs2(a);
-  }
-  fro2 = block_reduce<false>(fro2, sh.red);  // its barriers also publish the scaled A
-  const R bound = tol * tol * fro2;
-
-  int sweep = 0;
-  bool converged = false;
-  for (bool finite = fro2 - fro2 == R(0); finite;) {  // NaN/Inf: not converged, no sweeps
-    R off2 = R(0);
-    for (int e = tid; e < n * n; e += nt)
-      if (e / n != e % n) off2 += abs2(sh.A[e / n][e % n]);
-    off2 = block_reduce<false>(off2, sh.red);  // identical in every thread: uniform branches
-    if (off2 <= bound) {
-      converged = true;
-      break;
-    }
-    if (sweep == max_sweeps) break;
-    for (int r = 0; r < m; ++r) {
-      // (1) rotations of this round's pairs.
-      for (int k = tid; k < half; k += nt) {
-        int p, q;
-        pair(r, k, m, p, q);
-        if (q >= n) continue;
-        const S apq = sh.A[p][q];
-        const R app = re_part(sh.A[p][p]), aqq = re_part(sh.A[q][q]);
-        R g, s = R(0), tau = R(0), t = R(0);
-        S ph;
-        polar(apq, g, ph);
-        if (g > R(0)) {
-          const R theta = (aqq - app) / (R(2) * g);
-          t = R(1) / (fabs(theta) + sqrt(theta * theta + R(1)));  // 0 if θ² overflows
-          if (theta < R(0)) t = -t;
-          const R c = R(1) / sqrt(t * t + R(1));
-          s = t * c;
-          tau = s / (R(1) + c);
-        }
-        sh.s[k] = s;
-        sh.tau[k] = tau;
-        sh.ph[k] = ph;
-        sh.dpp[k] = app - t * g;
-        sh.dqq[k] = aqq + t * g;
-      }
-      __syncthreads();
-      // (2) rows p, q of A <- Jᴴ A:  a_pj' = c a_pj − s e a_qj,  a_qj' = c a_qj + s ē a_pj.
-      for (int e = tid; e < half * n; e += nt) {
-        const int k = e / n, j = e % n;
-        int p, q;
-        pair(r, k, m, p, q);
-        if (q >= n) continue;
-        const R s = sh.s[k], tau = sh.tau[k];
-        const S ph = sh.ph[k], ap = sh.A[p][j], aq = sh.A[q][j];
-        sh.A[p][j] = step(ap, neg(mul(ph, aq)), s, tau);
-        sh.A[q][j] = step(aq, mul(conj(ph), ap), s, tau);
-      }
-      __syncthreads();
-      // (3) columns p, q of A <- A J and V <- V J:  x_ip' = c x_ip − s ē x_iq,  x_iq' = c x_iq + s e x_ip.
-      for (int e = tid; e < n * half; e += nt) {
-        const int i = e / half, k = e % half;
-        int p, q;
-        pair(r, k, m, p, q);
-        if (q >= n) continue;
-        const R s = sh.s[k], tau = sh.tau[k];
-        const S ph = sh.ph[k], phb = conj(ph);
-        if (i == p) {
-          sh.A[p][p] = make_elem<S>::of(sh.dpp[k], R(0));
-          sh.A[p][q] = make_elem<S>::of(R(0), R(0));
-        } else if (i == q) {
-          sh.A[q][p] = make_elem<S>::of(R(0), R(0));
-          sh.A[q][q] = make_elem<S>::of(sh.dqq[k], R(0));
-        } else {
-          const S ap = sh.A[i][p], aq = sh.A[i][q];
-          sh.A[i][p] = step(ap, neg(mul(phb, aq)), s, tau);
-          sh.A[i][q] = step(aq, mul(ph, ap), s, tau);
-        }
-        const S vp = sh.V[i][p], vq = sh.V[i][q];
-        sh.V[i][p] = step(vp, neg(mul(phb, vq)), s, tau);
-        sh.V[i][q] = step(vq, mul(ph, vp), s, tau);
-      }
-      __syncthreads();
-    }
-    ++sweep;
-  }
-
-  // Rank sort of the diagonal (ties by index), then coalesced writes of w and V.
-  for (int i = tid; i < n; i += nt) {
-    const R di = re_part(sh.A[i][i]);
-    int rank = 0;
-    for (int j = 0; j < n; ++j) {
-      const R dj = re_part(sh.A[j][j]);
-      rank += before(dj, di) || (!before(di, dj) && j < i);
-    }
-    sh.perm[rank] = i;
-  }
-  __syncthreads();
-  for (int i = tid; i < n; i += nt) w[i] = scale2(re_part(sh.A[sh.perm[i]][sh.perm[i]]), ex);
-  for (int e = tid; e < n * n; e += nt) Vout[e] = sh.V[e / n][sh.perm[e % n]];
-  if (tid == 0) *sweeps = converged ? sweep : -1;
-  __syncthreads();  // shared memory is reused by the block's next matrix
-}
-
-}  // namespace jac
-
-// w, V = eigh(M) for a batch of Hermitian M; one block per matrix (block-stride loop).
+// Both kernels write the sorted eigenvalues w and k eigenvectors chosen in the kernel by
+// eigen.select_indices' rule (which: 0 SA, 1 LA, 2 SM, 3 LM, 4 EA, 5 EM, 6 IA, 7 IM):
+//   k = n, which = SA: every eigenvector, V[b, :, j] the j-th (numpy.linalg.eigh layout; training);
+//   k = r:             V_S (B, n, r) = V[b][:, select_indices(w, r, which)] (inference);
+//   k = 0:             eigenvalues only (AE-PMM inference).
 // sweeps[b]: number of Jacobi sweeps until off(A) <= tol·‖A‖_F, or −1 if max_sweeps did not suffice.
+#include "jacobi.cuh"
+
 template <class R, class S>
 __global__ void eigh_jacobi(const S* __restrict__ M,  // (B, n, n), lower triangle read
                             R* __restrict__ w,        // (B, n) ascending
-                            S* __restrict__ V,        // (B, n, n) V[b, :, j] = j-th eigenvector
+                            S* __restrict__ V,        // (B, n, k) the selected eigenvectors
                             int* __restrict__ sweeps,  // (B,)
-                            long long B, long long n, long long max_sweeps, double tol) {
+                            long long B, long long n, long long k, long long which, long long max_sweeps,
+                            double tol) {
   __shared__ jac::Smem<R, S> sh;
-  const long long nn = n * n;
   for (long long b = blockIdx.x; b < B; b += gridDim.x) {
-    const S* Mb = M + b * nn;
-    for (int e = threadIdx.x; e < nn; e += blockDim.x) {
-      const int i = e / n, j = e % n;
-      if (i < j) continue;
-      const S a = Mb[e];
-      sh.A[i][j] = i == j ? make_elem<S>::of(re_part(a), R(0)) : a;
-      sh.A[j][i] = jac::conj(sh.A[i][j]);
-    }
-    jac::solve(sh, (int)n, (int)max_sweeps, (R)tol, w + b * n, V + b * nn, sweeps + b);
+    jac::load(sh, M + b * n * n, (int)n);
+    jac::solve(sh, (int)n, (int)max_sweeps, (R)tol, sweeps + b);
+    jac::select(sh, (int)n, (int)which, (int)k);
+    jac::write(sh, (int)n, (int)k, w + b * n, V + b * n * k);
   }
 }
 
@@ -279,28 +31,15 @@ template <class R, class S>
 __global__ void eigh_jacobi_assemble(const R* __restrict__ x,   // (B, p)
                                      const R* __restrict__ Pp,  // (p + 1, P) packed primaries
                                      R* __restrict__ w,         // (B, n) ascending
-                                     S* __restrict__ V,         // (B, n, n)
+                                     S* __restrict__ V,         // (B, n, k) the selected eigenvectors
                                      int* __restrict__ sweeps,  // (B,)
-                                     long long B, long long n, long long p, long long max_sweeps,
-                                     double tol) {
+                                     long long B, long long n, long long p, long long k, long long which,
+                                     long long max_sweeps, double tol) {
   __shared__ jac::Smem<R, S> sh;
-  const long long nn = n * n, T = n * (n + 1) / 2, P = is_cplx<S>::value ? nn : T;
   for (long long b = blockIdx.x; b < B; b += gridDim.x) {
-    const R* xb = x + b * p;
-    for (int e = threadIdx.x; e < nn; e += blockDim.x) {
-      const int i = e / n, j = e % n;  // the lower entry (i, j) = the packed upper entry (j, i)
-      if (i < j) continue;
-      const long long ta = jac::triu_start(j, n) + (i - j);
-      R a = Pp[ta], im = R(0);
-      for (long long k = 0; k < p; ++k) a += xb[k] * Pp[(k + 1) * P + ta];
-      if (is_cplx<S>::value && i != j) {
-        const long long tb = T + jac::triu_start(j, n - 1) + (i - j - 1);
-        im = Pp[tb];
-        for (long long k = 0; k < p; ++k) im += xb[k] * Pp[(k + 1) * P + tb];
-      }
-      sh.A[j][i] = make_elem<S>::of(a, im);  // M_ji = a + i·b (j < i)
-      sh.A[i][j] = make_elem<S>::of(a, -im);
-    }
-    jac::solve(sh, (int)n, (int)max_sweeps, (R)tol, w + b * n, V + b * nn, sweeps + b);
+    jac::load_assembled(sh, x + b * p, Pp, (int)n, p);
+    jac::solve(sh, (int)n, (int)max_sweeps, (R)tol, sweeps + b);
+    jac::select(sh, (int)n, (int)which, (int)k);
+    jac::write(sh, (int)n, (int)k, w + b * n, V + b * n * k);
   }
 }

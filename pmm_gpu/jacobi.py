@@ -4,10 +4,16 @@
 (kernels/jacobi.cu: two-sided cyclic Jacobi, round-robin order, one thread block per matrix, the
 matrix in shared memory). ``eigh_jacobi_assemble_cuda(x, Pp, n, field)`` fuses the assembly of
 M(x) = M_0 + Σ_i x_i M_i from the packed primaries (pmm_gpu/assemble.py contract) into the same
-launch, so the (B, n, n) batch never goes through global memory. numpy.linalg.eigh is the oracle.
+launch, so the (B, n, n) batch never goes through global memory. ``eigh_jacobi_observable_cuda``
+goes one step further for the AO-PMM forward pass: assemble, diagonalise, select and reduce the
+observables t = ‖V_Sᴴ D V_S‖_F² or Re tr V_Sᴴ D V_S in one launch, writing only t (B, K).
+numpy.linalg.eigh is the oracle.
 
-Both return (w, V, sweeps):
-    w (B, n) real, ascending;  V (B, n, n), V[b, :, j] the j-th eigenvector (numpy.linalg.eigh layout);
+Eigenvectors are written only as far as the caller needs them: ``k`` and ``which`` choose the columns
+in the kernel by ``eigen.select_indices``' rule (default k = n, "SA": all of them, sorted). Both eigh
+launchers return (w, V, sweeps):
+    w (B, n) real, ascending;  V (B, n, k), V[b, :, s] the eigenvector of w[b, select_indices(w, k,
+    which)[b, s]] (k = n, "SA": the numpy.linalg.eigh layout; k = 0: eigenvalues only);
     sweeps (B,) int32: the Jacobi sweeps each matrix needed until off(A) <= tol·‖A‖_F, or −1 when
     ``max_sweeps`` did not suffice (or M held NaN/Inf). ``not_converged(sweeps)`` counts those on
     the device, so a caller can check once per epoch without a host synchronisation per batch.
@@ -19,6 +25,9 @@ import numpy as np
 
 from .assemble import FIELDS, packed_size
 from .backend import array_module
+
+WHICH = ("SA", "LA", "SM", "LM", "EA", "EM", "IA", "IM")  # eigen.WHICH; the kernels' `which` codes
+FORMS = ("transition", "expectation")  # observable.FORMS; the kernel's `form` codes
 
 NMAX = 32  # largest n the kernel holds (kernels/jacobi.cu: JACOBI_NMAX)
 MAX_THREADS = 256  # largest block (kernels/jacobi.cu: JACOBI_MAX_THREADS)
@@ -48,12 +57,23 @@ def _tol(real, tol):
     return float(np.finfo(real).eps) if tol is None else float(tol)
 
 
-def eigh_jacobi_cuda(M, *, max_sweeps: int = MAX_SWEEPS, tol: float | None = None, threads: int | None = None):
+def _selection(n: int, k, which: str) -> tuple[int, int]:
+    k = n if k is None else int(k)
+    if not 0 <= k <= n:
+        raise ValueError(f"k must be in 0..n = {n}, got {k}")
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+    return k, WHICH.index(which)
+
+
+def eigh_jacobi_cuda(M, *, k: int | None = None, which: str = "SA", max_sweeps: int = MAX_SWEEPS,
+                     tol: float | None = None, threads: int | None = None):
     """w, V, sweeps of a batch M (B, n, n) of Hermitian matrices, n <= 32, on the device.
 
     M: float32/float64 (real symmetric) or complex64/complex128 (Hermitian). tol: convergence
     threshold on off(A)/‖A‖_F (default: the machine epsilon of M's precision). threads: block size
-    (default ``default_threads(n)``; the CPU-emulation tests use a few).
+    (default ``default_threads(n)``; the CPU-emulation tests use a few). k, which: the eigenvectors
+    written, V (B, n, k) (module doc; default all, sorted).
     """
     from . import _cuda
 
@@ -64,28 +84,19 @@ def eigh_jacobi_cuda(M, *, max_sweeps: int = MAX_SWEEPS, tol: float | None = Non
         raise TypeError(f"M must be float32, float64, complex64 or complex128; got {M.dtype}")
     M = xp.ascontiguousarray(M)
     B, n = M.shape[:2]
+    k, code = _selection(n, k, which)
     real = np.finfo(M.dtype).dtype
     w = xp.empty((B, n), dtype=real)
-    V = xp.empty_like(M)
+    V = xp.empty((B, n, k), dtype=M.dtype)
     sweeps = xp.empty((B,), dtype=np.int32)
     if B:
         grid, block = _launch_config(B, n, threads)
         _cuda.get_kernel("eigh_jacobi", real, M.dtype)(
-            grid, block, (M, w, V, sweeps, B, n, int(max_sweeps), _tol(real, tol)))
+            grid, block, (M, w, V, sweeps, B, n, k, code, int(max_sweeps), _tol(real, tol)))
     return w, V, sweeps
 
 
-def eigh_jacobi_assemble_cuda(x, Pp, n: int, field: str, *, max_sweeps: int = MAX_SWEEPS,
-                              tol: float | None = None, threads: int | None = None):
-    """w, V, sweeps of M(x_b) = assemble_forward(X1 @ Pp) for every row x_b of x, in one launch.
-
-    x (B, p) and Pp (p + 1, P) packed primaries (row 0 is M_0), both float32 or both float64;
-    P = packed_size(n, field). Equals ``eigh_jacobi_cuda(assemble_forward(X1 @ Pp, n, field))``
-    with X1 = [1, x] up to rounding (the kernel sums the p + 1 terms in order, one entry at a time).
-    """
-    from . import _cuda
-
-    xp = array_module(x)
+def _check_assemble(x, Pp, n: int, field: str):
     if field not in FIELDS:
         raise ValueError(f"field must be one of {FIELDS}, got {field!r}")
     if not 1 <= n <= NMAX:
@@ -94,17 +105,63 @@ def eigh_jacobi_assemble_cuda(x, Pp, n: int, field: str, *, max_sweeps: int = MA
         raise ValueError(f"x must be (B, p) and Pp (p + 1, {packed_size(n, field)}); got {x.shape}, {Pp.shape}")
     if x.dtype != Pp.dtype or np.dtype(x.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"x and Pp must both be float32 or both float64; got {x.dtype}, {Pp.dtype}")
-    x, Pp = xp.ascontiguousarray(x), xp.ascontiguousarray(Pp)
-    (B, p), real = x.shape, np.dtype(x.dtype)
+    xp = array_module(x)
+    real = np.dtype(x.dtype)
     elem = real if field == "real" else np.result_type(real, np.complex64)
+    return xp, xp.ascontiguousarray(x), xp.ascontiguousarray(Pp), real, elem
+
+
+def eigh_jacobi_assemble_cuda(x, Pp, n: int, field: str, *, k: int | None = None, which: str = "SA",
+                              max_sweeps: int = MAX_SWEEPS, tol: float | None = None, threads: int | None = None):
+    """w, V, sweeps of M(x_b) = assemble_forward(X1 @ Pp) for every row x_b of x, in one launch.
+
+    x (B, p) and Pp (p + 1, P) packed primaries (row 0 is M_0), both float32 or both float64;
+    P = packed_size(n, field). Equals ``eigh_jacobi_cuda(assemble_forward(X1 @ Pp, n, field))``
+    with X1 = [1, x] up to rounding (the kernel sums the p + 1 terms in order, one entry at a time).
+    k, which: the eigenvectors written, V (B, n, k) (module doc; default all, sorted).
+    """
+    from . import _cuda
+
+    xp, x, Pp, real, elem = _check_assemble(x, Pp, n, field)
+    B, p = x.shape
+    k, code = _selection(n, k, which)
     w = xp.empty((B, n), dtype=real)
-    V = xp.empty((B, n, n), dtype=elem)
+    V = xp.empty((B, n, k), dtype=elem)
     sweeps = xp.empty((B,), dtype=np.int32)
     if B:
         grid, block = _launch_config(B, n, threads)
         _cuda.get_kernel("eigh_jacobi_assemble", real, elem)(
-            grid, block, (x, Pp, w, V, sweeps, B, n, p, int(max_sweeps), _tol(real, tol)))
+            grid, block, (x, Pp, w, V, sweeps, B, n, p, k, code, int(max_sweeps), _tol(real, tol)))
     return w, V, sweeps
+
+
+def eigh_jacobi_observable_cuda(x, Pp, D, n: int, field: str, r: int, which: str, form: str, *,
+                                max_sweeps: int = MAX_SWEEPS, tol: float | None = None, threads: int | None = None):
+    """t, sweeps: the AO-PMM observables of M(x_b) (as ``eigh_jacobi_assemble_cuda``), in one launch.
+
+    V_S = the r eigenvectors ``eigen.select_indices(w, r, which)`` picks, D (K, n, n) the full Hermitian
+    secondaries (assemble_forward of the packed ones; cast to the element type), form "transition" |
+    "expectation" -> t (B, K) real = ``observable.observable_forward(V_S, D, form)[0]``, sweeps (B,).
+    """
+    from . import _cuda
+
+    xp, x, Pp, real, elem = _check_assemble(x, Pp, n, field)
+    B, p = x.shape
+    r, code = _selection(n, r, which)
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if D.ndim != 3 or D.shape[1:] != (n, n):
+        raise ValueError(f"D must be (K, {n}, {n}); got {D.shape}")
+    D = xp.ascontiguousarray(D, dtype=elem)
+    K = D.shape[0]
+    t = xp.empty((B, K), dtype=real)
+    sweeps = xp.empty((B,), dtype=np.int32)
+    if B:
+        grid, block = _launch_config(B, n, threads)
+        _cuda.get_kernel("eigh_jacobi_observable", real, elem)(
+            grid, block, (x, Pp, D, t, sweeps, B, n, p, K, r, code, FORMS.index(form), int(max_sweeps),
+                          _tol(real, tol)))
+    return t, sweeps
 
 
 def not_converged(sweeps):

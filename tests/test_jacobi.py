@@ -108,7 +108,7 @@ def run_emulated(M, threads=THREADS, max_sweeps=MAX_SWEEPS, emu=None):
     V = np.full(M.shape, np.nan, M.dtype)
     sweeps = np.full(B, -7, np.int32)
     emu.launch("eigh_jacobi", (_cuda.CTYPES[real], _cuda.CTYPES[M.dtype]), B, threads,
-               M, w, V, sweeps, B, n, max_sweeps, float(np.finfo(real).eps))
+               M, w, V, sweeps, B, n, n, 0, max_sweeps, float(np.finfo(real).eps))
     return w, V, sweeps
 
 
@@ -246,7 +246,7 @@ def tsan_check() -> bool:
         check(M, w, V, sweeps, np.float64)
     x, Pp = rng.standard_normal((2, 1)), rng.standard_normal((2, packed_size(5, "complex")))
     w, V, sweeps = (np.empty((2, 5)), np.empty((2, 5, 5), np.complex128), np.empty(2, np.int32))
-    emu.launch("eigh_jacobi_assemble", ("double", "cplx<double>"), 2, 4, x, Pp, w, V, sweeps, 2, 5, 1, 20, 1e-16)
+    emu.launch("eigh_jacobi_assemble", ("double", "cplx<double>"), 2, 4, x, Pp, w, V, sweeps, 2, 5, 1, 5, 0, 20, 1e-16)
     return bool(np.all(sweeps >= 0))
 
 
