@@ -4,8 +4,10 @@
     python profiling/bench.py --cases A,C --engines pmm_gpu,torch --device cpu
 
 Engines: pmm_gpu (NumPy on cpu, CuPy on cuda), torch (profiling/torch_pmm.py: torch.linalg.eigh,
-autograd, torch.optim.Adam) and pypmm (the authors' JAX library ``parametricmatrixmodels``; skipped
-with a note when it is not importable). All engines of a case get the same data, shapes, dtype and
+autograd, torch.optim.Adam) and pypmm (profiling/pypmm_peer.py: the authors' JAX library
+``parametricmatrixmodels``, its Model.train and complex Adam; skipped with a note when it is not
+importable; it starts from the same parameters, but its optimizer and batch order differ, so only its
+initial loss is checked against pmm_gpu's). All engines of a case get the same data, shapes, dtype and
 initial parameters (pmm_gpu's, copied into the peers), run in one process, interleaved repeat by
 repeat. Each engine first runs one warm-up epoch (its time is reported as ``warmup_s``: compilation,
 first-call allocations); then ``repeats`` timed runs of ``epochs`` whole epochs (forward + backward +
@@ -215,12 +217,11 @@ class TorchEngine:
 
 
 def pypmm_note() -> str | None:
-    """None when the authors' library can be driven here, else why it is skipped."""
-    try:
-        import parametricmatrixmodels  # noqa: F401
-    except Exception as e:
-        return f"pypmm skipped: parametricmatrixmodels is not importable ({type(e).__name__})"
-    return "pypmm skipped: parametricmatrixmodels is importable but its engine is not wired into this bench yet"
+    """None when the authors' library can be driven here (profiling/pypmm_peer.py), else why it is skipped."""
+    import pypmm_peer
+
+    why = pypmm_peer.available()
+    return f"pypmm skipped: {why}" if why else None
 
 
 def torch_note(device: str) -> str | None:
@@ -255,7 +256,18 @@ def run_case(case: Case, device: str, engines, cfg, notes) -> list[dict]:
     if "pmm_gpu" not in engines:
         runs.remove(pmm)
     if "pypmm" in engines:
-        notes.append(f"case {case.name}/{device}: {pypmm_note()}")
+        why = pypmm_note()
+        if why:
+            notes.append(f"case {case.name}/{device}: {why}")
+        else:
+            import pypmm_peer
+
+            peer = pypmm_peer.PyPMMEngine(case, device, dtype, X, Y, cfg.lr, pmm.initial_params())
+            ref = pmm.loss()  # before any step: both start from the same parameters
+            peer.initial_loss_rel = abs(peer.initial_loss - ref) / max(abs(ref), 1e-300)
+            runs.append(peer)
+            if peer.NOTE not in notes:
+                notes.append(peer.NOTE)
     res = {e.name: {"train": [], "infer": [], "mem": [], "warmup_s": None} for e in runs}
     for e in runs:  # warm-up: compilation, first allocations (the same epoch for every engine)
         t0 = time.perf_counter()
@@ -277,7 +289,8 @@ def run_case(case: Case, device: str, engines, cfg, notes) -> list[dict]:
                      "samples": N, "epochs": cfg.epochs, "batch": case.batch},
                     {**base, "metric": "infer_samples_per_s", **stats(r["infer"])},
                     {**base, "metric": "peak_rss_mb", **stats(r["mem"])},
-                    {**base, "metric": "final_loss", **stats([e.loss()])}]
+                    {**base, "metric": "final_loss", **stats([e.loss()]),
+                     **({"initial_loss_rel": e.initial_loss_rel} if hasattr(e, "initial_loss_rel") else {})}]
     return records
 
 
@@ -315,7 +328,7 @@ def run_eigh(device: str, engines, cfg, notes) -> list[dict]:
                                 "metric": "eigh_matrices_per_s", **stats(times[name]), "n": n, "batch": B})
             del inputs
     if "pypmm" in engines:
-        notes.append(f"case E/{device}: {pypmm_note()}")
+        notes.append(f"case E/{device}: {pypmm_note() or 'pypmm has no eigh-only entry point (it calls jnp.linalg.eigh)'}")
     return records
 
 
@@ -427,6 +440,14 @@ def loss_check(records: list[dict], dtype: str) -> tuple[list[str], bool]:
         ref = next((q for q in records if q["metric"] == "final_loss" and q["engine"] == "pmm_gpu"
                     and (q["case"], q["device"]) == (r["case"], r["device"])), None)
         if ref is None:
+            continue
+        if "initial_loss_rel" in r:  # pypmm: same start, but its own Adam and batch order
+            good = r["initial_loss_rel"] <= LOSS_RTOL[dtype]
+            ok &= good
+            lines.append(f"loss check {r['case']}/{r['device']}: {r['engine']} starts from pmm_gpu's parameters: "
+                         f"initial loss relative difference {r['initial_loss_rel']:.1e} {'ok' if good else 'MISMATCH'}; "
+                         f"final loss {r['median']:.12g} vs pmm_gpu {ref['median']:.12g} (not comparable: "
+                         f"different optimizer and batches)")
             continue
         rel = abs(r["median"] - ref["median"]) / max(abs(ref["median"]), 1e-300)
         good = rel <= LOSS_RTOL[dtype]
