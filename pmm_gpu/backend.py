@@ -120,9 +120,18 @@ class NumpyBackend:
         """
         return np.linalg.eigh(M)
 
-    def eigh_assemble(self, X, Pp, n: int, field: str, solver: str = "auto", failures=None):
+    def eigh_assemble(self, X, Pp, n: int, field: str, solver: str = "auto", failures=None, k=None, which="SA"):
         """(w, V) of M(x_b) = assemble_forward([1, x_b] @ Pp) in one fused launch, or None where this
-        backend has no fused kernel for ``solver`` (the caller then assembles and calls ``eigh``)."""
+        backend has no fused kernel for ``solver`` (the caller then assembles and calls ``eigh``).
+        k, which: V (B, n, k) holds only the eigenvectors ``eigen.select_indices(w, k, which)`` picks,
+        in that order (default: all n, ascending; k = 0: eigenvalues only)."""
+        return None
+
+    def eigh_observable(self, X, Pp, D, n: int, field: str, r: int, which: str, form: str, solver: str = "auto",
+                        failures=None):
+        """AO-PMM observables t (B, K) = observable_forward(V_S, D, form)[0] of M(x_b), V_S the r
+        eigenvectors ``which`` picks, in one fused launch (assemble + eigh + select + reduce); None where
+        this backend has none for ``solver`` (the caller then goes step by step)."""
         return None
 
     def synchronize(self):
@@ -160,18 +169,35 @@ class CupyBackend(NumpyBackend):
             failures += jacobi.not_converged(sweeps)
         return w, V
 
-    def eigh_assemble(self, X, Pp, n: int, field: str, solver: str = "auto", failures=None):
+    def eigh_assemble(self, X, Pp, n: int, field: str, solver: str = "auto", failures=None, k=None, which="SA"):
         """With the Jacobi solver: ``jacobi.eigh_jacobi_assemble_cuda`` (the (B, n, n) batch never goes
-        through global memory); None for cuSOLVER. X (B, p), Pp (p + 1, P) packed primaries."""
+        through global memory; only the k selected eigenvectors are written); None for cuSOLVER.
+        X (B, p), Pp (p + 1, P) packed primaries."""
         from . import jacobi
 
         if resolve_eigh_solver(solver, n) != "jacobi":
             return None
         with nvtx_range("assemble+eigh"):
-            w, V, sweeps = jacobi.eigh_jacobi_assemble_cuda(X, Pp, n, field, max_sweeps=jacobi.MAX_SWEEPS)
+            w, V, sweeps = jacobi.eigh_jacobi_assemble_cuda(X, Pp, n, field, k=k, which=which,
+                                                            max_sweeps=jacobi.MAX_SWEEPS)
         if failures is not None:
             failures += jacobi.not_converged(sweeps)
         return w, V
+
+    def eigh_observable(self, X, Pp, D, n: int, field: str, r: int, which: str, form: str, solver: str = "auto",
+                        failures=None):
+        """With the Jacobi solver: ``jacobi.eigh_jacobi_observable_cuda`` (no eigenvector leaves the
+        kernel); None for cuSOLVER."""
+        from . import jacobi
+
+        if resolve_eigh_solver(solver, n) != "jacobi":
+            return None
+        with nvtx_range("assemble+eigh+observable"):
+            t, sweeps = jacobi.eigh_jacobi_observable_cuda(X, Pp, D, n, field, r, which, form,
+                                                           max_sweeps=jacobi.MAX_SWEEPS)
+        if failures is not None:
+            failures += jacobi.not_converged(sweeps)
+        return t
 
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()

@@ -108,15 +108,19 @@ class PMM:
         """(w, V) of M (B, n, n) by the backend's solver ``eigh_solver``; non-convergence is counted."""
         return self.backend.eigh(M, self.eigh_solver, self._eigh_failures)
 
-    def _assemble_eigh(self, X):
-        """X (B, p) -> (w (B, n), V (B, n, n), X1 (B, p+1)): the eigendecomposition of M(x).
+    def _assemble_eigh(self, X, vectors: tuple[int, str] | None = None):
+        """X (B, p) -> (w (B, n), V, X1 (B, p+1)): the eigendecomposition of M(x).
 
-        One fused launch (assemble + Jacobi, no (B, n, n) round trip) where the backend has one for
-        ``eigh_solver`` and there is no smoothing term; otherwise ``_assemble`` then ``_eigh``.
+        V (B, n, n) all eigenvectors; with ``vectors = (k, which)`` only the k that
+        ``select_indices(w, k, which)`` picks, V (B, n, k) in that order (k = 0: eigenvalues only).
+        One fused launch (assemble + Jacobi, no (B, n, n) round trip; only the requested eigenvectors
+        written) where the backend has one for ``eigh_solver`` and there is no smoothing term;
+        otherwise ``_assemble`` then ``_eigh``, and the columns are selected here.
         """
+        k, which = vectors if vectors is not None else (None, "SA")
         if not self.smoothing:
             fused = self.backend.eigh_assemble(X, self.params["primaries"], self.n, self.field, self.eigh_solver,
-                                               self._eigh_failures)
+                                               self._eigh_failures, k=k, which=which)
             if fused is not None:
                 xp = self.backend.xp
                 return (*fused, xp.concatenate([xp.ones((X.shape[0], 1), dtype=X.dtype), X], axis=1))
@@ -124,6 +128,8 @@ class PMM:
             M, X1 = self._assemble(X)
         with nvtx_range("eigh"):
             w, V = self._eigh(M)
+        if vectors is not None:
+            V = select(w, V, select_indices(w, k, which))[1]
         return w, V, X1
 
     def _assemble(self, X):
@@ -260,6 +266,9 @@ class AffineEigenvaluePMM(PMM):
         return {**super().get_config(), "n_eig": self.n_eig, "which": self.which}
 
     def _forward(self, X, need_grad: bool):
+        if not need_grad:  # inference: eigenvalues only (the Jacobi kernel then writes no eigenvector)
+            w, _, _ = self._assemble_eigh(X, vectors=(0, self.which))
+            return self.backend.xp.take_along_axis(w, select_indices(w, self.n_eig, self.which), axis=1), None
         w, V, X1 = self._assemble_eigh(X)
         w_S, V_S = select(w, V, select_indices(w, self.n_eig, self.which))
         return w_S, (X1, V_S)

@@ -170,12 +170,20 @@ class AffineObservablePMM(PMM):
         """X (B, p) -> z (B, n_outputs) and the cache for ``_backward``."""
         xp = self.backend.xp
         Qn, l = self.n_outputs, self.n_secondaries
-        w, V, X1 = self._assemble_eigh(X)  # (B, n), (B, n, n), (B, p+1)
-        with nvtx_range("observable"):
+        D = self.backend.assemble_forward(self.params["secondaries"].reshape(Qn * l, self.P), self.n, self.field)
+        t = None
+        if not need_grad and not self.smoothing:  # inference: t from one fused launch where there is one
+            t = self.backend.eigh_observable(X, self.params["primaries"], D, self.n, self.field, self.n_eig,
+                                             self.which, self.form, self.eigh_solver, self._eigh_failures)
+        if need_grad:
+            w, V, X1 = self._assemble_eigh(X)  # (B, n), (B, n, n), (B, p+1)
             idx = select_indices(w, self.n_eig, self.which)  # (B, r)
             _, V_S = select(w, V, idx)  # (B, n, r)
-            D = self.backend.assemble_forward(self.params["secondaries"].reshape(Qn * l, self.P), self.n, self.field)
-            t, DV, Q = self.backend.observable_forward(V_S, D, self.form)  # (B, K)
+        elif t is None:  # inference without the fused launch: only the selected eigenvectors
+            _, V_S, _ = self._assemble_eigh(X, vectors=(self.n_eig, self.which))  # (B, n, r)
+        with nvtx_range("observable"):
+            if t is None:
+                t, DV, Q = self.backend.observable_forward(V_S, D, self.form)  # (B, K)
             z = t.reshape(-1, Qn, l).sum(axis=2)  # (B, Q)
             G = None
             if self.centered:

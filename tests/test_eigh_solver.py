@@ -27,13 +27,14 @@ class EmulatedCudaEigh(NumpyBackend):
     name = "emulated-cuda-eigh"
     eigh = CupyBackend.eigh
     eigh_assemble = CupyBackend.eigh_assemble
+    eigh_observable = CupyBackend.eigh_observable
 
 
 @pytest.fixture
 def emulated(monkeypatch):
     monkeypatch.setattr(_cuda, "get_kernel", emulator.get_kernel)
     calls = []
-    for name in ("eigh_jacobi_cuda", "eigh_jacobi_assemble_cuda"):  # record which launcher ran
+    for name in ("eigh_jacobi_cuda", "eigh_jacobi_assemble_cuda", "eigh_jacobi_observable_cuda"):  # which ran
         launcher = getattr(jacobi, name)
         monkeypatch.setattr(jacobi, name, lambda *a, _f=launcher, _n=name, **k: calls.append(_n) or _f(*a, **k))
     return calls
@@ -82,7 +83,40 @@ def test_observable_pmm_unchanged(form, field, dtype, emulated):
     ref, emu = pair(pg.AffineObservablePMM, n=5, n_features=3, n_outputs=2, n_eig=2, n_secondaries=2,
                     form=form, field=field, dtype=dtype)
     assert_same(ref, emu, X, Y, dtype)
-    assert set(emulated) == {"eigh_jacobi_assemble_cuda", "eigh_jacobi_cuda"}  # M(x); then ‖D‖₂ (centered)
+    # predict: the fused observable launch; training: M(x) fused; then ‖D‖₂ (centered) by the plain kernel
+    assert set(emulated) == {"eigh_jacobi_observable_cuda", "eigh_jacobi_assemble_cuda", "eigh_jacobi_cuda"}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("field", ["real", "complex"])
+@pytest.mark.parametrize("which", ["SA", "LA", "SM", "LM", "EA", "EM", "IA", "IM"])
+def test_predict_writes_only_what_inference_needs(which, field, dtype, emulated, monkeypatch):
+    """predict() with eigh_solver="jacobi" equals the NumPy backend's (float64: 1e-10), and takes the
+    inference launches: AE-PMM the fused eigh with k = 0 (eigenvalues only), AO-PMM the fused
+    assemble + eigh + observables kernel (no eigenvector leaves it), every ``which``."""
+    ks = []
+    launcher = jacobi.eigh_jacobi_assemble_cuda
+    monkeypatch.setattr(jacobi, "eigh_jacobi_assemble_cuda", lambda *a, **k: ks.append(k.get("k")) or launcher(*a, **k))
+    X = np.random.default_rng(8).uniform(-1, 1, (11, 3))
+    ref, emu = pair(pg.AffineEigenvaluePMM, n=7, n_features=3, n_eig=3, which=which, field=field, dtype=dtype)
+    assert rel(emu.predict(X, batch_size=4), ref.predict(X)) <= TOL[dtype]
+    assert ks == [0, 0, 0] and emulated == ["eigh_jacobi_assemble_cuda"] * 3
+    emulated.clear()
+    for form in ("transition", "expectation"):
+        ref, emu = pair(pg.AffineObservablePMM, n=7, n_features=3, n_outputs=3, n_eig=3, n_secondaries=2,
+                        which=which, form=form, field=field, dtype=dtype)
+        assert rel(emu.predict(X), ref.predict(X)) <= TOL[dtype]
+    assert emulated == ["eigh_jacobi_observable_cuda", "eigh_jacobi_cuda"] * 2  # t; then ‖D‖₂ (centered)
+    assert ks == [0, 0, 0]
+
+
+def test_predict_with_smoothing_selects_in_python(emulated):
+    """With a smoothing term there is no fused launch: assembled M, the plain kernel, then the columns."""
+    X = np.random.default_rng(9).uniform(-1, 1, (6, 2))
+    for cls, kw in ((pg.AffineEigenvaluePMM, {}), (pg.AffineObservablePMM, dict(n_eig=2, centered=False))):
+        ref, emu = pair(cls, n=5, n_features=2, smoothing=0.3, **kw)
+        assert rel(emu.predict(X), ref.predict(X)) <= TOL["float64"]
+    assert emulated == ["eigh_jacobi_cuda"] * 2
 
 
 def test_auto_and_cusolver_never_run_the_kernel(emulated, monkeypatch):
