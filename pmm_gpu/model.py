@@ -246,7 +246,9 @@ class AffineEigenvaluePMM(PMM):
     init_scale: each M_i starts as a random matrix with spectrum in about [−2, 2]·init_scale;
     eigh_solver: the CUDA eigensolver, "cusolver" (cupy.linalg.eigh), "jacobi" (pmm_gpu's batched
         Jacobi kernel, n <= 32; fused with the assembly of M(x) when smoothing = 0; matrices that miss
-        its sweep cap are reported by ``fit`` once per epoch) or "auto" (backend.AUTO_JACOBI_MAX_N:
+        its sweep cap are reported by ``fit`` once per epoch; ``predict`` then has the kernel write the
+        eigenvalues only, and the AO-PMM's ``predict`` the observables only, eigenvectors staying in the
+        kernel) or "auto" (backend.AUTO_JACOBI_MAX_N:
         cuSOLVER until a GPU measurement favours the kernel). The NumPy backend always uses
         numpy.linalg.eigh, the reference every solver is tested against.
     """
