@@ -90,16 +90,20 @@ def eigh_vjp(w, V, idx, Vbar_S, eta: float):
 
 
 def eigh_chunked(eigh, M, xp, max_batch: int | None = None):
-    """Apply ``eigh`` to M (B, n, n) in batch chunks that fit the solver's 32-bit workspace."""
+    """Apply ``eigh`` (returning an array or a tuple of arrays) to M (B, n, n) in batch chunks that fit
+    the solver's 32-bit workspace."""
     B, n = M.shape[0], M.shape[1]
     step = max_batch or max(1, _EIGH_MAX_ELEMENTS // (n * n))
     if B <= step:
         return eigh(M)
-    w = xp.empty(M.shape[:2], dtype=M.real.dtype)
-    V = xp.empty_like(M)
-    for s in range(0, B, step):
-        w[s:s + step], V[s:s + step] = eigh(M[s:s + step])
-    return w, V
+    return concat_batches([eigh(M[s:s + step]) for s in range(0, B, step)], xp)
+
+
+def concat_batches(parts, xp):
+    """Join per-chunk results of a batched solver along the batch axis: arrays, or tuples of arrays."""
+    if isinstance(parts[0], tuple):
+        return tuple(xp.concatenate(p) for p in zip(*parts))
+    return xp.concatenate(parts)
 
 
 def _vjp_block(work: int) -> int:

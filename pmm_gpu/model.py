@@ -104,9 +104,10 @@ class PMM:
         return _unpack_host(self.backend.to_numpy(self.params["primaries"]), self.n, self.field)
 
     # --- M(x) and its reverse mode ---------------------------------------------------------------
-    def _eigh(self, M):
-        """(w, V) of M (B, n, n) by the backend's solver ``eigh_solver``; non-convergence is counted."""
-        return self.backend.eigh(M, self.eigh_solver, self._eigh_failures)
+    def _eigh(self, M, vectors: bool = True):
+        """(w, V) of M (B, n, n) by the backend's solver ``eigh_solver``; non-convergence is counted.
+        vectors=False: eigenvalues only, V is None."""
+        return self.backend.eigh(M, self.eigh_solver, self._eigh_failures, vectors)
 
     def _assemble_eigh(self, X, vectors: tuple[int, str] | None = None):
         """X (B, p) -> (w (B, n), V, X1 (B, p+1)): the eigendecomposition of M(x).
@@ -127,8 +128,8 @@ class PMM:
         with nvtx_range("assemble"):
             M, X1 = self._assemble(X)
         with nvtx_range("eigh"):
-            w, V = self._eigh(M)
-        if vectors is not None:
+            w, V = self._eigh(M, vectors=k != 0)
+        if vectors is not None and k != 0:
             V = select(w, V, select_indices(w, k, which))[1]
         return w, V, X1
 

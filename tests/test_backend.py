@@ -1,4 +1,5 @@
 """Device selection: 'auto' falls back to the CPU cleanly, 'cuda' without a GPU is a clear error."""
+import numpy as np
 import pytest
 
 import pmm_gpu as pg
@@ -35,3 +36,24 @@ def test_every_kernel_op_has_reference_and_launcher_with_one_signature():
         mod = importlib.import_module(f"pmm_gpu.{module}")
         ref, cuda = getattr(mod, op), getattr(mod, op + "_cuda")
         assert list(inspect.signature(ref).parameters) == list(inspect.signature(cuda).parameters), op
+
+
+def test_cpu_eigh_split_over_threads_equals_one_call(monkeypatch):
+    """The thread-pool split runs the same LAPACK routine per matrix: results are bitwise identical."""
+    from pmm_gpu.backend import NumpyBackend, set_num_threads
+
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(301, 6, 6)) + 1j * rng.normal(size=(301, 6, 6))
+    M = A + np.conj(A.swapaxes(1, 2))
+    monkeypatch.setattr(NumpyBackend, "num_threads", NumpyBackend.num_threads)  # restored after the test
+    set_num_threads(3)
+    be = NumpyBackend()
+    w, V = be.eigh(M)
+    w_ref, V_ref = np.linalg.eigh(M)
+    np.testing.assert_array_equal(w, w_ref)
+    np.testing.assert_array_equal(V, V_ref)
+    w_only, none = be.eigh(M, vectors=False)
+    assert none is None
+    np.testing.assert_array_equal(w_only, np.linalg.eigvalsh(M))
+    with pytest.raises(ValueError, match="num_threads must be an int >= 1"):
+        set_num_threads(0)
