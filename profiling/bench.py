@@ -240,6 +240,17 @@ def stats(values) -> dict:
     return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()), "n_runs": int(v.size)}
 
 
+# After a parallel region, OpenMP worker threads (torch's, JAX's) keep spinning for a while before they
+# sleep (libgomp/libiomp block time, ~0.2 s): timed right after, the next engine would share the cores
+# with them. An idle pause before every timed run lets them settle; it is not part of any timing.
+SETTLE_S = 0.3
+
+
+def settle(device: str):
+    if device == "cpu":
+        time.sleep(SETTLE_S)
+
+
 def run_case(case: Case, device: str, engines, cfg, notes) -> list[dict]:
     """Interleaved timing of every engine on one case; returns records (without commit/host)."""
     dtype = cfg.dtype
@@ -276,10 +287,12 @@ def run_case(case: Case, device: str, engines, cfg, notes) -> list[dict]:
         res[e.name]["warmup_s"] = time.perf_counter() - t0
     for _ in range(cfg.repeats):
         for e in runs:
+            settle(device)
             with PeakMemory(device, e.name) as mem:
                 res[e.name]["train"].append(N * cfg.epochs / e.train(cfg.epochs))
             res[e.name]["mem"].append(mem.mb)
         for e in runs:
+            settle(device)
             res[e.name]["infer"].append(N / e.infer())
     records = []
     for e in runs:
@@ -317,6 +330,7 @@ def run_eigh(device: str, engines, cfg, notes) -> list[dict]:
             for rep in range(cfg.repeats + 1):  # the first round is the warm-up
                 for name, (_, eigh, sync) in solvers.items():
                     sync()
+                    settle(device)
                     t0 = time.perf_counter()
                     out = eigh(inputs[name])
                     sync()
