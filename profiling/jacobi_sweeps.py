@@ -46,7 +46,7 @@ def main(argv=None):
     emu = emulator.family("jacobi")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    lines = [f"# Jacobi sweeps per n (kernels/jacobi.cu, CPU emulator)", "",
+    lines = ["# Jacobi sweeps per n (kernels/jacobi.cu, CPU emulator)", "",
              f"commit {commit}, {datetime.date.today()}, {platform.machine()}, numpy {np.__version__}; "
              f"{args.batch} matrices per cell; tol = eps of the precision (off(A) <= eps·‖A‖_F); "
              f"cap {CAP}. Cells: median / 90th percentile / max sweeps; the last column is the worst "

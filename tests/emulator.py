@@ -20,6 +20,7 @@ import os
 import pathlib
 import re
 import subprocess
+import sys
 
 import numpy as np
 
@@ -143,6 +144,15 @@ def tsan_env() -> dict[str, str]:
     runtime = subprocess.run(["g++", "-print-file-name=libtsan.so"], capture_output=True, text=True,
                              check=True).stdout.strip()
     return {**os.environ, "LD_PRELOAD": runtime, "TSAN_OPTIONS": "halt_on_error=1 exitcode=66"}
+
+
+def run_under_tsan(module: str, call: str = "tsan_check()", timeout: int = 600) -> subprocess.CompletedProcess:
+    """``module.call`` (a test module under tests/) in a fresh interpreter with the TSan runtime
+    preloaded; exit status 0 when it returns true, 1 when false, 66 on a reported data race."""
+    tests = pathlib.Path(__file__).resolve().parent
+    env = {**tsan_env(), "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    code = f"import sys, {module} as t; sys.exit(0 if t.{call} else 1)"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 _SIGNATURE = re.compile(r"template\s*<([^>]*)>\s*__global__\s+void\s+(\w+)\s*\(([^)]*)\)")

@@ -3,10 +3,6 @@
 emulated loader, and on a GPU when one exists."""
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -145,15 +141,8 @@ def tsan_check() -> bool:
     return ok
 
 
-def run_under_tsan(module: str) -> subprocess.CompletedProcess:
-    tests = pathlib.Path(__file__).resolve().parent
-    env = {**emulator.tsan_env(), "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
-    code = f"import sys, {module} as t; sys.exit(0 if t.tsan_check() else 1)"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-
-
 def test_eigh_vjp_under_tsan():
-    r = run_under_tsan("test_eigen_vjp")
+    r = emulator.run_under_tsan("test_eigen_vjp")
     assert r.returncode == 0, r.stderr[-4000:]
 
 

@@ -2,10 +2,6 @@
 ThreadSanitizer build catches a missing barrier."""
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -53,19 +49,11 @@ def test_launch_checks_arguments():
         emu.launch("rotate_block", ("double",), 1, 8, x)
 
 
-def run_under_tsan(kernel: str) -> subprocess.CompletedProcess:
-    """``rotate(kernel, "thread")`` in a fresh interpreter with the TSan runtime preloaded."""
-    tests = pathlib.Path(__file__).resolve().parent
-    env = {**emulator.tsan_env(), "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
-    code = f"import sys, test_emulator as t; sys.exit(0 if t.rotate({kernel!r}, 'thread') else 1)"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_tsan_accepts_barrier_kernel():
-    r = run_under_tsan("rotate_block")
+    r = emulator.run_under_tsan("test_emulator", "rotate('rotate_block', 'thread')", timeout=300)
     assert r.returncode == 0, r.stderr
 
 
 def test_tsan_reports_missing_barrier():
-    r = run_under_tsan("rotate_block_racy")
+    r = emulator.run_under_tsan("test_emulator", "rotate('rotate_block_racy', 'thread')", timeout=300)
     assert r.returncode == 66 and "ThreadSanitizer: data race" in r.stderr, r.stderr

@@ -12,10 +12,6 @@ extreme overall scale); both fields, both precisions. The full N = 2…32 sweep 
 """
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -251,10 +247,7 @@ def tsan_check() -> bool:
 
 
 def test_tsan():
-    tests = pathlib.Path(__file__).resolve().parent
-    env = {**emulator.tsan_env(), "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
-    code = "import sys, test_jacobi as t; sys.exit(0 if t.tsan_check() else 1)"
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    r = emulator.run_under_tsan("test_jacobi")
     assert r.returncode == 0, r.stderr[-4000:]
 
 

@@ -7,10 +7,6 @@ v vᴴ must match LAPACK's for the same indices (random spectra: well separated 
 """
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -151,10 +147,7 @@ def tsan_check() -> bool:
 
 
 def test_tsan():
-    tests = pathlib.Path(__file__).resolve().parent
-    env = {**emulator.tsan_env(), "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
-    code = "import sys, test_jacobi_fused as t; sys.exit(0 if t.tsan_check() else 1)"
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    r = emulator.run_under_tsan("test_jacobi_fused")
     assert r.returncode == 0, r.stderr[-4000:]
 
 

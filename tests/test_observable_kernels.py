@@ -10,7 +10,7 @@ import emulator
 from pmm_gpu import _cuda
 from pmm_gpu.observable import (FORMS, observable_backward, observable_backward_cuda, observable_forward,
                                 observable_forward_cuda)
-from test_eigen_vjp import DTYPES, assert_close, random_matrices, run_under_tsan
+from test_eigen_vjp import DTYPES, assert_close, random_matrices
 
 # (n, r, K): tiny odd/prime shapes, r = 1 and r = n included
 SHAPES = [(1, 1, 1), (2, 1, 3), (3, 2, 2), (5, 3, 1), (5, 5, 3), (7, 2, 5), (7, 7, 2)]
@@ -107,7 +107,7 @@ def tsan_check() -> bool:
 
 
 def test_observable_forward_under_tsan():
-    r = run_under_tsan("test_observable_kernels")
+    r = emulator.run_under_tsan("test_observable_kernels")
     assert r.returncode == 0, r.stderr[-4000:]
 
 
