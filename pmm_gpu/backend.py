@@ -207,8 +207,7 @@ class CupyBackend(NumpyBackend):
                 return eigh_chunked(self.xp.linalg.eigvalsh, M, self.xp), None
             return eigh_chunked(self.xp.linalg.eigh, M, self.xp)
         w, V, sweeps = jacobi.eigh_jacobi_cuda(M, k=None if vectors else 0, max_sweeps=jacobi.MAX_SWEEPS)
-        if failures is not None:
-            failures += jacobi.not_converged(sweeps)
+        _count_failures(failures, sweeps)
         return w, (V if vectors else None)
 
     def eigh_assemble(self, X, Pp, n: int, field: str, solver: str = "auto", failures=None, k=None, which="SA"):
@@ -222,8 +221,7 @@ class CupyBackend(NumpyBackend):
         with nvtx_range("assemble+eigh"):
             w, V, sweeps = jacobi.eigh_jacobi_assemble_cuda(X, Pp, n, field, k=k, which=which,
                                                             max_sweeps=jacobi.MAX_SWEEPS)
-        if failures is not None:
-            failures += jacobi.not_converged(sweeps)
+        _count_failures(failures, sweeps)
         return w, V
 
     def eigh_observable(self, X, Pp, D, n: int, field: str, r: int, which: str, form: str, solver: str = "auto",
@@ -237,8 +235,7 @@ class CupyBackend(NumpyBackend):
         with nvtx_range("assemble+eigh+observable"):
             t, sweeps = jacobi.eigh_jacobi_observable_cuda(X, Pp, D, n, field, r, which, form,
                                                            max_sweeps=jacobi.MAX_SWEEPS)
-        if failures is not None:
-            failures += jacobi.not_converged(sweeps)
+        _count_failures(failures, sweeps)
         return t
 
     def synchronize(self):
@@ -254,6 +251,14 @@ class CupyBackend(NumpyBackend):
                 "compute_capability": dev.compute_capability, "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
                 "cupy": cupy.__version__, "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
                 "cuda_driver": cupy.cuda.runtime.driverGetVersion()}
+
+
+def _count_failures(failures, sweeps):
+    """Add the Jacobi kernel's non-converged matrices (sweeps −1) to the device counter, if one is kept."""
+    if failures is not None:
+        from .jacobi import not_converged
+
+        failures += not_converged(sweeps)
 
 
 _BACKENDS: dict[str, NumpyBackend] = {}

@@ -25,9 +25,8 @@ import numpy as np
 
 from .assemble import FIELDS, packed_size
 from .backend import array_module
-
-WHICH = ("SA", "LA", "SM", "LM", "EA", "EM", "IA", "IM")  # eigen.WHICH; the kernels' `which` codes
-FORMS = ("transition", "expectation")  # observable.FORMS; the kernel's `form` codes
+from .eigen import WHICH  # the kernels' `which` codes are indices into it
+from .observable import FORMS  # the kernel's `form` codes likewise
 
 NMAX = 32  # largest n the kernel holds (kernels/jacobi.cu: JACOBI_NMAX)
 MAX_THREADS = 256  # largest block (kernels/jacobi.cu: JACOBI_MAX_THREADS)

@@ -123,8 +123,7 @@ class PMM:
             fused = self.backend.eigh_assemble(X, self.params["primaries"], self.n, self.field, self.eigh_solver,
                                                self._eigh_failures, k=k, which=which)
             if fused is not None:
-                xp = self.backend.xp
-                return (*fused, xp.concatenate([xp.ones((X.shape[0], 1), dtype=X.dtype), X], axis=1))
+                return (*fused, self._with_ones(X))
         with nvtx_range("assemble"):
             M, X1 = self._assemble(X)
         with nvtx_range("eigh"):
@@ -133,14 +132,18 @@ class PMM:
             V = select(w, V, select_indices(w, k, which))[1]
         return w, V, X1
 
-    def _assemble(self, X):
-        """X (B, p) device array -> (M (B, n, n), X1 (B, p+1)).  Mp = X1 @ P (+ s·pack(C)) then unpack."""
+    def _with_ones(self, X):
+        """X1 = [1, X] (B, p+1): the coefficients of M_0, M_1..M_p."""
         xp = self.backend.xp
-        X1 = xp.concatenate([xp.ones((X.shape[0], 1), dtype=X.dtype), X], axis=1)
+        return xp.concatenate([xp.ones((X.shape[0], 1), dtype=X.dtype), X], axis=1)
+
+    def _assemble(self, X):
+        """X (B, p) device array -> (M (B, n, n), X1 (B, p+1)).  Mp = X1 @ P, unpacked, (+ s·C)."""
+        X1 = self._with_ones(X)
         Mp = X1 @ self.params["primaries"]  # (B, P): one GEMM over the batch
         M = self.backend.assemble_forward(Mp, self.n, self.field)
-        if self.smoothing:  # s·C added to every sample; not packed into Mp, since packing indexes the
-            C = self._smoothing_matrix()  # device array with host index arrays (a copy per step)
+        if self.smoothing:  # s·C added to every sample (packing C into Mp would index the device
+            C = self._smoothing_matrix()  # array with host index arrays: a copy per step)
             M += (0.5 * self.smoothing) * (C + self.backend.xp.conj(C.T))  # exactly Hermitian
         return M, X1
 
@@ -249,9 +252,9 @@ class AffineEigenvaluePMM(PMM):
         Jacobi kernel, n <= 32; fused with the assembly of M(x) when smoothing = 0; matrices that miss
         its sweep cap are reported by ``fit`` once per epoch; ``predict`` then has the kernel write the
         eigenvalues only, and the AO-PMM's ``predict`` the observables only, eigenvectors staying in the
-        kernel) or "auto" (backend.AUTO_JACOBI_MAX_N:
-        cuSOLVER until a GPU measurement favours the kernel). The NumPy backend always uses
-        numpy.linalg.eigh, the reference every solver is tested against.
+        kernel) or "auto" (backend.AUTO_JACOBI_MAX_N: cuSOLVER until a GPU measurement favours the
+        kernel). The NumPy backend always uses numpy.linalg.eigh, the reference every solver is
+        tested against.
     """
 
     def __init__(self, n: int, n_features: int, n_eig: int = 1, which: str = "SA", **kwargs):

@@ -100,6 +100,7 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
     best, best_flat, since_best = math.inf, None, 0
     bar = _Progress(epochs, verbose)
     step = 0
+    unit = xp.ones((), dtype=model.real_dtype)
     for epoch in range(epochs):
         t0 = time.perf_counter()
         snapshot = (model._flat.copy(), st["m"].copy(), st["v"].copy(), int(st["step"]))
@@ -111,7 +112,7 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
             value = model._loss_and_grad(Xd[idx], Yd[idx], loss_fn)
             total += value * len(idx)
             with nvtx_range("optimizer"):
-                scale = 1.0
+                scale = unit  # a device scalar made once: the fused Adam kernel reads the scale there
                 if clip_norm is not None:
                     gnorm = xp.sqrt((model._grad * model._grad).sum())
                     scale = xp.minimum(1.0, clip_norm / (gnorm + 1e-30))
