@@ -172,3 +172,21 @@ def parse_signatures(text: str) -> dict[str, tuple[tuple[str, ...], tuple[tuple[
             args.append((arg, ctype.replace(" *", "*")))
         out[name] = (template, tuple(args))
     return out
+
+
+def route_kernels_to_emulator(monkeypatch):
+    """Make every ``*_cuda`` launcher run its kernel in the emulator (on NumPy arrays)."""
+    monkeypatch.setattr(_cuda, "get_kernel", get_kernel)
+
+
+def cuda_backend_on_numpy():
+    """The CUDA backend's dispatch (kernel launchers, eigensolver choice, fused Jacobi paths) on NumPy
+    arrays; with ``route_kernels_to_emulator`` every kernel runs in the emulator."""
+    from pmm_gpu import backend
+
+    be = object.__new__(backend.CupyBackend)  # its __init__ imports CuPy
+    be.xp = np
+    backend._bind_kernel_ops(be, suffix="_cuda")
+    be.to_numpy = np.asarray
+    be.name = "emulated-cuda"
+    return be
