@@ -42,7 +42,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import pmm_gpu as pg  # noqa: E402
-from pmm_gpu.backend import array_module  # noqa: E402
+from pmm_gpu import array_module  # noqa: E402
 from pmm_gpu.datasets import load_fashion_mnist  # noqa: E402
 
 PARAM_BUDGET = 16744  # the paper's AO-PMM on Fashion-MNIST (88.58 % test accuracy)
@@ -172,11 +172,11 @@ def main(argv=None):
 
     def keep_best(epoch, hist):  # model selection by validation accuracy (never the test set)
         if a.swa and epoch > a.epochs - a.swa:
-            snaps.append(model._flat.copy())
+            snaps.append(model.theta.copy())
         v = acc(Xva, yva)
         hist.setdefault("val_accuracy", []).append(v)
         if v > best["acc"]:
-            best.update(acc=v, epoch=epoch, flat=model._flat.copy())
+            best.update(acc=v, epoch=epoch, flat=model.theta.copy())
 
     t_fit = time.perf_counter()
     loss, Ytr, Yva = "cross_entropy", ytr, yva
@@ -222,12 +222,12 @@ def main(argv=None):
                 hist["stop_reason"] = f"early stopping: no improvement for {a.patience} epochs"
                 break
     if len(snaps) > 1:  # stochastic weight averaging over the last epochs, chosen on validation only
-        model._flat[...] = sum(snaps) / len(snaps)
+        model.theta[...] = sum(snaps) / len(snaps)
         v = acc(Xva, yva)
         hist["swa_val_accuracy"] = v
         if v > best["acc"]:
-            best.update(acc=v, epoch=f"swa{len(snaps)}", flat=model._flat.copy())
-    model._flat[...] = best["flat"]
+            best.update(acc=v, epoch=f"swa{len(snaps)}", flat=model.theta.copy())
+    model.theta[...] = best["flat"]
     hist["best_epoch"] = best["epoch"]
     fit_s = time.perf_counter() - t_fit
     result = {"seed": a.seed, "test_accuracy": None if a.no_test else acc(Xtest, yte), "val_accuracy": acc(Xva, yva),

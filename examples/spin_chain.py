@@ -26,7 +26,7 @@ from scipy.sparse.linalg import eigsh
 
 import matplotlib.pyplot as plt
 from pmm_gpu import AffineEigenvaluePMM
-from pmm_gpu.observable import AffineObservablePMM
+from pmm_gpu import AffineObservablePMM
 
 NAME = "spin_chain"
 OUTPUTS = {"E_0, E_1": ("E_0", "E_1"), "m_z": ("m_z",)}

@@ -1,13 +1,19 @@
 """pmm_gpu: Parametric Matrix Models (Cook et al., Nat. Commun. 16, 5929 (2025)) on NVIDIA GPUs,
-with a NumPy backend that runs the same API on the CPU and serves as the reference oracle."""
+with a NumPy backend that runs the same API on the CPU and serves as the reference oracle.
+
+Layers, bottom up: ``pmm_gpu.ops`` (one module per op: NumPy reference and CUDA launcher side by
+side), ``pmm_gpu.backend`` (the NumPy/CuPy op table and eigensolvers), ``pmm_gpu.functional`` (both
+PMM types as pure functions with their reverse mode), ``pmm_gpu.models`` (thin stateful wrappers),
+``pmm_gpu.optim`` and ``pmm_gpu.train`` (Adam and the loop), then estimators and the CLI.
+"""
+from . import functional
+from ._xp import array_module
 from .backend import cuda_status, get_backend
-from .io import load
-from .model import AffineEigenvaluePMM
-from .observable import AffineObservablePMM
+from .models import AffineEigenvaluePMM, AffineObservablePMM, load
 
 __version__ = "0.1.0"
-__all__ = ["AffineEigenvaluePMM", "AffineObservablePMM", "PMMRegressor", "PMMClassifier", "load",
-           "get_backend", "cuda_status", "__version__"]
+__all__ = ["AffineEigenvaluePMM", "AffineObservablePMM", "PMMRegressor", "PMMClassifier", "load", "functional",
+           "array_module", "get_backend", "cuda_status", "__version__"]
 
 
 def __getattr__(name):
@@ -18,3 +24,7 @@ def __getattr__(name):
 
         return getattr(estimators, name)
     raise AttributeError(f"module 'pmm_gpu' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

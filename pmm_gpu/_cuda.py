@@ -161,6 +161,18 @@ def get_kernel(name: str, *dtypes):
     return _module(kernel.family, cupy.cuda.Device().id).get_function(kernel.expression(targs))
 
 
+# --- launch geometry: the one place grids and blocks are sized ---------------------------------------
 def grid_for(work: int) -> tuple[tuple[int], tuple[int]]:
-    """(grid, block) of a grid-stride launch over ``work`` items."""
+    """(grid, block) of a grid-stride launch over ``work`` elements, one thread per element."""
     return (max(1, min(-(-work // BLOCK), MAX_GRID)),), (BLOCK,)
+
+
+def threads_for(work: int, limit: int = BLOCK) -> int:
+    """Block size for ``work`` parallel items in one block: whole warps, at least one, at most ``limit``."""
+    return min(limit, max(32, -(-work // 32) * 32))
+
+
+def block_per_item(items: int, work: int, threads: int | None = None) -> tuple[tuple[int], tuple[int]]:
+    """(grid, block) of a launch with one block per item (block-stride over ``items`` when they exceed
+    MAX_GRID) and ``threads`` (default ``threads_for(work)``) threads sharing each item's ``work``."""
+    return (max(1, min(items, MAX_GRID)),), (threads or threads_for(work),)

@@ -1,40 +1,65 @@
 """The one place where NumPy and CuPy differ.
 
-A backend bundles the array module (`xp`), host/device transfers, the eigensolver and the handful of
-ops that have a CUDA kernel. The NumPy backend is the reference oracle: every op it uses is written
-with plain array code in the op's own module. The CuPy backend reuses that array code (CuPy mirrors
-NumPy's API) and swaps in the RawKernel launchers where pmm_gpu has one. Model and trainer code call
-``backend.<op>`` and never test which backend they hold.
+A backend bundles the array module (``xp``), host/device transfers, the eigensolvers and ``ops``: the
+table of the ops that have a CUDA kernel, bound to the NumPy references (``NUMPY_OPS``) or to the
+RawKernel launchers (``CUDA_OPS``) of the same contract. The functional core (pmm_gpu/functional.py)
+calls ``backend.ops.<op>`` and the backend's eigensolver methods and never tests which backend it has.
 
-Device selection (DESIGN.md §3): ``device="cpu" | "cuda" | "auto"``; "auto" picks CUDA only when
+Eigensolvers. ``eigh`` diagonalises a batch; ``assemble_eigh`` forms M(x) = M_0 + Σ_i x_i M_i (+ a
+constant shift) and diagonalises it; ``assemble_eigh_observable`` goes on to the AO-PMM observables.
+On NumPy they are array code around LAPACK (the reference oracle); on CUDA the ``solver`` chooses
+cuSOLVER (cupy.linalg.eigh, the same array code) or pmm_gpu's Jacobi kernel (ops/jacobi.py), which
+fuses the assembly, the selection of eigenvectors and the observables into one launch.
+
+Device selection (docs/DESIGN.md §3): ``device="cpu" | "cuda" | "auto"``; "auto" picks CUDA only when
 ``cupy.is_available()`` is true. CuPy is imported lazily, never at import time of pmm_gpu.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import importlib
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from ._xp import nvtx_range, with_ones
+from .ops import adam, assemble, eigh, jacobi, observable
+
 DEVICES = ("auto", "cpu", "cuda")
 EIGH_SOLVERS = ("auto", "cusolver", "jacobi")
-# On CUDA, "auto" takes the Jacobi kernel (pmm_gpu/jacobi.py) for n <= AUTO_JACOBI_MAX_N, else cuSOLVER.
+# On CUDA, "auto" takes the Jacobi kernel (ops/jacobi.py) for n <= AUTO_JACOBI_MAX_N, else cuSOLVER.
 # 0 (always cuSOLVER) until a GPU measurement shows the kernel faster: run profiling/bench_eigh.py
 # (profiling/gpu_check.sh does), and where profiling/results/ shows jacobi ahead of cusolver in case E
 # and end-to-end (cases A-C) set this to the largest such n (at most jacobi.NMAX = 32).
 AUTO_JACOBI_MAX_N = 0
 
 
-def array_module(a):
-    """NumPy or CuPy, whichever owns ``a`` (like cupy.get_array_module, without importing CuPy)."""
-    if isinstance(a, np.ndarray) or np.isscalar(a):
-        return np
-    import cupy
+@dataclass(frozen=True)
+class KernelOps:
+    """The ops that have a CUDA kernel (kernels/<family>.cu); each entry has one signature and contract
+    on both backends (see the op's docstring in pmm_gpu/ops/)."""
 
-    return cupy.get_array_module(a)
+    assemble_forward: Callable
+    assemble_backward: Callable
+    eigvals_vjp: Callable
+    eigh_vjp: Callable
+    observable_forward: Callable
+    observable_backward: Callable
+    adam_step: Callable
+
+
+NUMPY_OPS = KernelOps(
+    assemble_forward=assemble.assemble_forward, assemble_backward=assemble.assemble_backward,
+    eigvals_vjp=eigh.eigvals_vjp, eigh_vjp=eigh.eigh_vjp,
+    observable_forward=observable.observable_forward, observable_backward=observable.observable_backward,
+    adam_step=adam.adam_step)
+CUDA_OPS = KernelOps(
+    assemble_forward=assemble.assemble_forward_cuda, assemble_backward=assemble.assemble_backward_cuda,
+    eigvals_vjp=eigh.eigvals_vjp_cuda, eigh_vjp=eigh.eigh_vjp_cuda,
+    observable_forward=observable.observable_forward_cuda, observable_backward=observable.observable_backward_cuda,
+    adam_step=adam.adam_step_cuda)
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -53,12 +78,10 @@ def cuda_status() -> tuple[bool, str]:
 
 def check_eigh_solver(solver: str, n: int) -> str:
     """Validate a model's ``eigh_solver`` for n×n matrices: one of EIGH_SOLVERS; "jacobi" needs n <= 32."""
-    from .jacobi import NMAX
-
     if solver not in EIGH_SOLVERS:
         raise ValueError(f"eigh_solver must be one of {list(EIGH_SOLVERS)}, got {solver!r}")
-    if solver == "jacobi" and n > NMAX:
-        raise ValueError(f"eigh_solver='jacobi' supports n <= {NMAX} (kernels/jacobi.cu), got n = {n}; "
+    if solver == "jacobi" and n > jacobi.NMAX:
+        raise ValueError(f"eigh_solver='jacobi' supports n <= {jacobi.NMAX} (kernels/jacobi.cu), got n = {n}; "
                          "use eigh_solver='cusolver' or 'auto'")
     return solver
 
@@ -68,28 +91,6 @@ def resolve_eigh_solver(solver: str, n: int) -> str:
     if solver == "auto":
         return "jacobi" if n <= AUTO_JACOBI_MAX_N else "cusolver"
     return check_eigh_solver(solver, n)
-
-
-@functools.lru_cache(maxsize=None)
-def _nvtx_annotate():
-    try:
-        import nvtx
-        return nvtx.annotate
-    except Exception:
-        return None
-
-
-def nvtx_range(name: str):
-    """An NVTX range for Nsight timelines, or a no-op when the optional `nvtx` package is absent."""
-    annotate = _nvtx_annotate()
-    return annotate(name, domain="pmm_gpu") if annotate else contextlib.nullcontext()
-
-
-# Ops that have a CUDA kernel, as (module, op): the NumPy reference is ``module.op``, the CuPy
-# launcher ``module.op_cuda`` (kernels/<family>.cu), with the same signature and contract.
-KERNEL_OPS = (("assemble", "assemble_forward"), ("assemble", "assemble_backward"), ("eigen", "eigh_vjp"),
-              ("eigen", "eigvals_vjp"), ("observable", "observable_forward"),
-              ("observable", "observable_backward"), ("adam", "adam_step"))
 
 
 _MIN_CHUNK = 64
@@ -107,20 +108,15 @@ def set_num_threads(n: int):
     NumpyBackend.num_threads = n
 
 
-def _bind_kernel_ops(backend, suffix: str):
-    for module, op in KERNEL_OPS:
-        setattr(backend, op, getattr(importlib.import_module(f".{module}", __package__), op + suffix))
-
-
 class NumpyBackend:
     """CPU backend and reference oracle."""
 
     name = "cpu"
+    ops = NUMPY_OPS
     num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
     def __init__(self):
         self.xp = np
-        _bind_kernel_ops(self, suffix="")  # the NumPy references
 
     def asarray(self, a, dtype=None):
         return self.xp.asarray(a, dtype=dtype)
@@ -154,25 +150,38 @@ class NumpyBackend:
         chunks = min(self.num_threads, M.shape[0] // _MIN_CHUNK)
         if chunks <= 1:
             return f(M)
-        from .eigen import concat_batches
-
         bounds = np.linspace(0, M.shape[0], chunks + 1).astype(int)
         parts = _thread_pool(self.num_threads).map(f, [M[a:b] for a, b in zip(bounds, bounds[1:])])
-        return concat_batches(list(parts), np)
+        return eigh.concat_batches(list(parts), np)
 
-    def eigh_assemble(self, X, Pp, n: int, field: str, solver: str = "auto", failures=None, k=None, which="SA"):
-        """(w, V) of M(x_b) = assemble_forward([1, x_b] @ Pp) in one fused launch, or None where this
-        backend has no fused kernel for ``solver`` (the caller then assembles and calls ``eigh``).
-        k, which: V (B, n, k) holds only the eigenvectors ``eigen.select_indices(w, k, which)`` picks,
-        in that order (default: all n, ascending; k = 0: eigenvalues only)."""
-        return None
+    def assemble(self, X, Pp, n: int, field: str, shift=None):
+        """M (B, n, n) = assemble_forward([1, x_b] @ Pp) (+ shift (n, n)): one GEMM, then the unpacking."""
+        M = self.ops.assemble_forward(with_ones(X) @ Pp, n, field)  # (B, P) packed, then (B, n, n)
+        if shift is not None:
+            M += shift
+        return M
 
-    def eigh_observable(self, X, Pp, D, n: int, field: str, r: int, which: str, form: str, solver: str = "auto",
-                        failures=None):
+    def assemble_eigh(self, X, Pp, n: int, field: str, *, shift=None, k: int | None = None, which: str = "SA",
+                      solver: str = "auto", failures=None):
+        """w (B, n) ascending and V of M(x_b) = M_0 + Σ_i x_bi M_i (+ shift) for X (B, p), Pp (p+1, P).
+
+        V (B, n, n) all eigenvectors (k None); (B, n, k) the k that ``eigh.select_indices(w, k, which)``
+        picks, in that order; None for k = 0 (eigenvalues only, the cheaper solver call).
+        """
+        with nvtx_range("assemble"):
+            M = self.assemble(X, Pp, n, field, shift)
+        with nvtx_range("eigh"):
+            w, V = self.eigh(M, solver, failures, vectors=k != 0)
+        if k is not None and k != 0:
+            V = eigh.select(w, V, eigh.select_indices(w, k, which))[1]
+        return w, V
+
+    def assemble_eigh_observable(self, X, Pp, D, n: int, field: str, r: int, which: str, form: str, *,
+                                 shift=None, solver: str = "auto", failures=None):
         """AO-PMM observables t (B, K) = observable_forward(V_S, D, form)[0] of M(x_b), V_S the r
-        eigenvectors ``which`` picks, in one fused launch (assemble + eigh + select + reduce); None where
-        this backend has none for ``solver`` (the caller then goes step by step)."""
-        return None
+        eigenvectors ``which`` picks (as ``assemble_eigh``); D (K, n, n) the full secondaries."""
+        _, V_S = self.assemble_eigh(X, Pp, n, field, shift=shift, k=r, which=which, solver=solver, failures=failures)
+        return self.ops.observable_forward(V_S, D, form)[0]
 
     def synchronize(self):
         pass
@@ -182,15 +191,15 @@ class NumpyBackend:
 
 
 class CupyBackend(NumpyBackend):
-    """NVIDIA GPU backend: CuPy arrays, cuSOLVER batched eigh, pmm_gpu RawKernels."""
+    """NVIDIA GPU backend: CuPy arrays, cuSOLVER batched eigh or the Jacobi kernel, pmm_gpu RawKernels."""
 
     name = "cuda"
+    ops = CUDA_OPS
 
     def __init__(self):
         import cupy
 
         self.xp = cupy
-        _bind_kernel_ops(self, suffix="_cuda")  # the RawKernel launchers
 
     def to_numpy(self, a) -> np.ndarray:
         return self.xp.asnumpy(a)
@@ -199,42 +208,38 @@ class CupyBackend(NumpyBackend):
         """As NumpyBackend.eigh; "cusolver": cupy.linalg.eigh (syevj/heevjBatched), in chunks, since it
         takes a 32-bit lwork; "jacobi": the pmm_gpu kernel (n <= 32), whose per-matrix sweep counts
         (−1: missed the sweep cap, or NaN/Inf input) are counted into ``failures`` on the device."""
-        from . import jacobi
-        from .eigen import eigh_chunked
-
         if resolve_eigh_solver(solver, M.shape[-1]) == "cusolver":
             if not vectors:
-                return eigh_chunked(self.xp.linalg.eigvalsh, M, self.xp), None
-            return eigh_chunked(self.xp.linalg.eigh, M, self.xp)
+                return eigh.eigh_chunked(self.xp.linalg.eigvalsh, M, self.xp), None
+            return eigh.eigh_chunked(self.xp.linalg.eigh, M, self.xp)
         w, V, sweeps = jacobi.eigh_jacobi_cuda(M, k=None if vectors else 0, max_sweeps=jacobi.MAX_SWEEPS)
         _count_failures(failures, sweeps)
         return w, (V if vectors else None)
 
-    def eigh_assemble(self, X, Pp, n: int, field: str, solver: str = "auto", failures=None, k=None, which="SA"):
-        """With the Jacobi solver: ``jacobi.eigh_jacobi_assemble_cuda`` (the (B, n, n) batch never goes
-        through global memory; only the k selected eigenvectors are written); None for cuSOLVER.
-        X (B, p), Pp (p + 1, P) packed primaries."""
-        from . import jacobi
-
-        if resolve_eigh_solver(solver, n) != "jacobi":
-            return None
+    def assemble_eigh(self, X, Pp, n: int, field: str, *, shift=None, k: int | None = None, which: str = "SA",
+                      solver: str = "auto", failures=None):
+        """As NumpyBackend.assemble_eigh; with the Jacobi solver and no shift one fused launch
+        (``jacobi.assemble_eigh_jacobi_cuda``: the (B, n, n) batch never goes through global memory,
+        only the k selected eigenvectors are written)."""
+        if shift is not None or resolve_eigh_solver(solver, n) != "jacobi":
+            return super().assemble_eigh(X, Pp, n, field, shift=shift, k=k, which=which, solver=solver,
+                                         failures=failures)
         with nvtx_range("assemble+eigh"):
-            w, V, sweeps = jacobi.eigh_jacobi_assemble_cuda(X, Pp, n, field, k=k, which=which,
+            w, V, sweeps = jacobi.assemble_eigh_jacobi_cuda(X, Pp, n, field, k=k, which=which,
                                                             max_sweeps=jacobi.MAX_SWEEPS)
         _count_failures(failures, sweeps)
-        return w, V
+        return w, (None if k == 0 else V)
 
-    def eigh_observable(self, X, Pp, D, n: int, field: str, r: int, which: str, form: str, solver: str = "auto",
-                        failures=None):
-        """With the Jacobi solver: ``jacobi.eigh_jacobi_observable_cuda`` (no eigenvector leaves the
-        kernel); None for cuSOLVER."""
-        from . import jacobi
-
-        if resolve_eigh_solver(solver, n) != "jacobi":
-            return None
+    def assemble_eigh_observable(self, X, Pp, D, n: int, field: str, r: int, which: str, form: str, *,
+                                 shift=None, solver: str = "auto", failures=None):
+        """As NumpyBackend.assemble_eigh_observable; with the Jacobi solver and no shift one fused launch
+        (``jacobi.assemble_eigh_observable_jacobi_cuda``: no eigenvector leaves the kernel)."""
+        if shift is not None or resolve_eigh_solver(solver, n) != "jacobi":
+            return super().assemble_eigh_observable(X, Pp, D, n, field, r, which, form, shift=shift,
+                                                    solver=solver, failures=failures)
         with nvtx_range("assemble+eigh+observable"):
-            t, sweeps = jacobi.eigh_jacobi_observable_cuda(X, Pp, D, n, field, r, which, form,
-                                                           max_sweeps=jacobi.MAX_SWEEPS)
+            t, sweeps = jacobi.assemble_eigh_observable_jacobi_cuda(X, Pp, D, n, field, r, which, form,
+                                                                    max_sweeps=jacobi.MAX_SWEEPS)
         _count_failures(failures, sweeps)
         return t
 
@@ -245,8 +250,8 @@ class CupyBackend(NumpyBackend):
         cupy = self.xp
         dev = cupy.cuda.Device()
         props = cupy.cuda.runtime.getDeviceProperties(dev.id)
-        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         # CuPy's getDeviceProperties is a dict of cudaDeviceProp fields; "name" is bytes (CuPy 13/14).
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return {"backend": "cupy", "device": f"cuda:{dev.id}", "gpu": name,
                 "compute_capability": dev.compute_capability, "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
                 "cupy": cupy.__version__, "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
@@ -256,9 +261,7 @@ class CupyBackend(NumpyBackend):
 def _count_failures(failures, sweeps):
     """Add the Jacobi kernel's non-converged matrices (sweeps −1) to the device counter, if one is kept."""
     if failures is not None:
-        from .jacobi import not_converged
-
-        failures += not_converged(sweeps)
+        failures += jacobi.not_converged(sweeps)
 
 
 _BACKENDS: dict[str, NumpyBackend] = {}
@@ -277,3 +280,8 @@ def get_backend(device: str = "auto") -> NumpyBackend:
     if device not in _BACKENDS:
         _BACKENDS[device] = CupyBackend() if device == "cuda" else NumpyBackend()
     return _BACKENDS[device]
+
+
+def backend_of(a) -> NumpyBackend:
+    """The backend that owns array ``a``: NumPy arrays the CPU backend, CuPy arrays the CUDA backend."""
+    return get_backend("cpu" if isinstance(a, np.ndarray) else "cuda")

@@ -94,3 +94,25 @@ def labels(y, n_samples: int, n_classes: int, name: str = "y") -> np.ndarray:
     if not np.all(y == np.round(y)) or y.min() < 0 or y.max() >= n_classes:
         raise ValueError(f"{name} must hold integer class labels in [0, {n_classes}), got values in [{y.min()}, {y.max()}]")
     return y.astype(np.int64)
+
+
+def hermitian(name: str, M, shape: tuple[int, ...], field: str) -> np.ndarray:
+    """Full matrices of ``shape`` (..., n, n), finite, Hermitian (real symmetric for field "real") to
+    1e-10 relative; complex entries are refused for the real field."""
+    try:
+        M = np.asarray(M)
+    except Exception as e:
+        raise TypeError(f"{name} must be array-like, got {type(M).__name__} ({e})") from None
+    if M.dtype == object or not np.issubdtype(M.dtype, np.number):
+        raise TypeError(f"{name} must hold numbers, got dtype {M.dtype}")
+    if M.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {M.shape}")
+    if field == "real" and np.iscomplexobj(M) and np.any(M.imag != 0):
+        raise ValueError(f"{name} must be real for field='real', got complex entries")
+    if not np.all(np.isfinite(M)):
+        raise ValueError(f"{name} contains NaN/inf value(s)")
+    asym = np.abs(M - np.conj(np.swapaxes(M, -1, -2))).max(initial=0)
+    if asym > 1e-10 * max(np.abs(M).max(initial=0), 1e-300):
+        kind = "symmetric" if field == "real" else "Hermitian"
+        raise ValueError(f"{name} must be {kind}: max |M - Mᴴ| is {asym:.3e}")
+    return M.real if field == "real" else M

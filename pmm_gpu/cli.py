@@ -12,8 +12,8 @@ import numpy as np
 
 from . import __version__
 from .backend import cuda_status, get_backend
-from .io import atomic_write, load, read_data
-from .model import AffineEigenvaluePMM
+from .io import atomic_write, read_data
+from .models import AffineEigenvaluePMM, load
 from .problems import anharmonic_convergence, anharmonic_levels
 
 # The default problem: fit the two lowest levels on g ∈ [0, 0.5], extrapolate to (0.5, 1].

@@ -25,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from .observable import AffineObservablePMM
+from .models import AffineObservablePMM, load
 
 try:  # optional dependency: only base classes and validation helpers
     from sklearn.base import BaseEstimator as _Base
@@ -201,8 +201,6 @@ class _PMMEstimator(_Base):
     @classmethod
     def load(cls, path, device: str | None = None):
         """Rebuild a fitted estimator saved with ``save``."""
-        from .io import load
-
         model = load(path, device=device)
         if "estimator" not in getattr(model, "extra_state", {}):
             raise ValueError(f"{str(path)!r} holds a bare model, not a saved {cls.__name__}")
@@ -220,7 +218,7 @@ class _PMMEstimator(_Base):
         state = dict(state)
         if "model_" in state:
             m = state.pop("model_")
-            state["_model_blob"] = (m.get_config(), m.backend.to_numpy(m._flat).copy(), self._state())
+            state["_model_blob"] = (m.get_config(), m.backend.to_numpy(m.theta).copy(), self._state())
         return state
 
     def __setstate__(self, state):
@@ -233,7 +231,7 @@ class _PMMEstimator(_Base):
         if blob is not None:
             config, flat, extra = blob
             self.model_ = AffineObservablePMM(**config)
-            self.model_._flat[...] = self.model_.backend.asarray(flat, self.model_.real_dtype)
+            self.model_.theta[...] = self.model_.backend.asarray(flat, self.model_.real_dtype)
             self.model_.extra_state = extra
 
 
@@ -350,10 +348,6 @@ class PMMClassifier(_ClassifierMixin, _PMMEstimator):
         self._x_scaler = fit_scaler(X, self.input_scaling)
         Xs = (X - self._x_scaler[0]) / self._x_scaler[1]
         return self._fit_model(Xs, codes.astype(np.int64), len(self.classes_))
-
-    def decision_function_logits(self, X):
-        """The AO-PMM logits z (N, n_classes)."""
-        return self._outputs(X)
 
     def predict_proba(self, X):
         """Class probabilities softmax(z) (N, n_classes), columns in the order of ``classes_``."""

@@ -28,26 +28,17 @@ def atomic_write(path, write):
         raise
 
 
-def save(model, path):
-    """Write config, parameters, optimizer state and ``model.extra_state`` to ``path``."""
-    arrays = {"format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
-              "class": np.array(type(model).__name__), "config": np.array(json.dumps(model.get_config())),
-              "params": model.backend.to_numpy(model._flat)}
-    if model.opt_state is not None:
-        arrays.update({f"adam_{k}": model.backend.to_numpy(v) for k, v in model.opt_state.items()})
-    for k, v in model.extra_state.items():
-        arrays[f"extra_{k}"] = np.asarray(v)
-    atomic_write(path, lambda f: np.savez(f, **arrays))
+def write_model_file(path, class_name: str, config: dict, arrays: dict[str, np.ndarray]):
+    """Write a model file: the format marker, the class name, the JSON config and ``arrays``, atomically."""
+    header = {"format": np.array(FORMAT), "format_version": np.array(FORMAT_VERSION),
+              "class": np.array(class_name), "config": np.array(json.dumps(config))}
+    atomic_write(path, lambda f: np.savez(f, **header, **arrays))
 
 
-def load(path, device: str | None = None):
-    """Rebuild a model saved with ``save``; ``device`` overrides the saved device ("auto" by default).
-
-    Raises FileNotFoundError for a missing file and ValueError naming the file for anything that is
-    not a complete pmm_gpu model file.
-    """
-    from .model import MODELS
-
+def read_model_file(path, classes) -> tuple[str, dict, dict[str, np.ndarray]]:
+    """(class name, config, arrays) of a model file written by ``write_model_file``; the class must be
+    one of ``classes``. FileNotFoundError for a missing file, ValueError naming the file for anything
+    that is not a complete pmm_gpu model file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file {path!r} does not exist")
@@ -61,21 +52,11 @@ def load(path, device: str | None = None):
     if int(data["format_version"]) > FORMAT_VERSION:
         raise ValueError(f"{path!r} has format version {int(data['format_version'])}; this pmm_gpu reads <= {FORMAT_VERSION}")
     cls_name = str(data["class"])
-    if cls_name not in MODELS:
+    if cls_name not in classes:
         raise ValueError(f"{path!r} holds an unknown model class {cls_name!r}")
     config = json.loads(str(data["config"]))
-    config["device"] = device or "auto"
-    model = MODELS[cls_name](**config)
-    if data["params"].shape != model._flat.shape:
-        raise ValueError(f"{path!r}: parameter buffer has shape {data['params'].shape}, "
-                         f"expected {model._flat.shape} for {cls_name} with this config")
-    xp = model.backend.xp
-    model._flat[...] = model.backend.asarray(data["params"], model.real_dtype)
-    if "adam_m" in data:
-        model.opt_state = {"m": xp.asarray(data["adam_m"]), "v": xp.asarray(data["adam_v"]),
-                           "step": xp.asarray(data["adam_step"])}
-    model.extra_state = {k[len("extra_"):]: v for k, v in data.items() if k.startswith("extra_")}
-    return model
+    arrays = {k: v for k, v in data.items() if k not in ("format", "format_version", "class", "config")}
+    return cls_name, config, arrays
 
 
 def read_data(path, n_targets: int = 1):

@@ -13,13 +13,13 @@ and CuPy alike), e.g.
         return (d**4).mean(), 4 * d**3 / d.size
     m.fit(X, Y, loss=quartic)
 
-(``pmm_gpu.backend.array_module(pred)`` gives NumPy or CuPy where a function such as exp is needed.)
+(``pmm_gpu.array_module(pred)`` gives NumPy or CuPy where a function such as exp is needed.)
 """
 from __future__ import annotations
 
 import functools
 
-from .backend import array_module
+from ._xp import array_module
 
 
 def mse(pred, target):

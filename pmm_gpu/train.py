@@ -1,10 +1,13 @@
-"""Minimal Adam trainer: mini-batches, schedules, clipping, validation, early stopping, progress.
+"""fit: the training loop. Mini-batches, validation, early stopping, divergence guard, progress.
 
-Throughput rule (DESIGN.md §3): nothing inside an epoch reads a device value on the host. The loss
+Throughput rule (docs/DESIGN.md §3): nothing inside an epoch reads a device value on the host. The loss
 is accumulated in a device scalar, the clipping factor stays on the device, the learning rate comes
 from the host-side step count; the one synchronisation per epoch is the read of the epoch's loss.
 Eigensolver non-convergence (the Jacobi kernel's sweep cap) is counted on the device by the forward
 passes and read with the loss: a RuntimeWarning per epoch that had any, and history["eigh_not_converged"].
+
+One step: ``model.device_loss_and_grad`` (forward, loss, reverse mode into ``model.grad``; the math is
+pmm_gpu/functional.py), then ``Adam.step`` (pmm_gpu/optim.py).
 """
 from __future__ import annotations
 
@@ -16,33 +19,8 @@ import warnings
 import numpy as np
 
 from . import checks
-from .backend import nvtx_range
 from .losses import get_loss
-
-SCHEDULES = ("constant", "cosine")
-
-
-def lr_factor(schedule, step: int, total: int) -> float:
-    """Learning-rate multiplier at optimizer step ``step`` (0-based) of ``total`` steps in this fit.
-
-    "constant": 1;  "cosine": ½(1 + cos(π·step/total));  a callable: schedule(step, total).
-    """
-    if callable(schedule):
-        return float(schedule(step, total))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
-    return 1.0
-
-
-def init_adam(model) -> dict:
-    """Adam state for the model's flat buffer: moments m, v and the step count (kept on the model)."""
-    xp = model.backend.xp
-    st = model.opt_state
-    if st is None or st["m"].shape != model._flat.shape:
-        st = {"m": xp.zeros_like(model._flat), "v": xp.zeros_like(model._flat), "step": np.array(0)}
-    st["step"] = np.array(int(st["step"]))  # host-side: the bias correction needs it without a sync
-    model.opt_state = st
-    return st
+from .optim import Adam
 
 
 def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e-2, loss="mse",
@@ -54,11 +32,8 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
 
     epochs, batch_size: passes over the data and samples per step (the last batch may be partial);
         the order is reshuffled every epoch from ``seed``.
-    lr, betas, eps: Adam hyperparameters; schedule: "constant", "cosine" or a callable
-        (step, total_steps) -> multiplier of lr; clip_norm: clip the global gradient norm.
-    weight_decay: decoupled weight decay λ (AdamW, Loshchilov & Hutter 2019) on every parameter:
-        θ ← θ − lr_t·(m̂/(√v̂ + ε) + λ·θ), applied as θ ← (1 − lr_t·λ)·θ before the Adam step (an
-        array op on the flat buffer, so the Adam kernel contract is unchanged); 0 is plain Adam.
+    lr, betas, eps, clip_norm, weight_decay, schedule: the optimizer (pmm_gpu.optim.Adam; weight_decay
+        is decoupled, AdamW; schedule "constant", "cosine" or a callable (step, total_steps) -> factor).
     loss: "mse", "mae", "huber" (with huber_delta), "cross_entropy" or a callable (see losses.py).
     validation_data: (Xv, Yv) evaluated after every epoch. Early stopping monitors the validation
         loss (the training loss without validation data): stop after ``patience`` epochs without an
@@ -69,103 +44,110 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
     epoch e (training and validation passes) whose eigensolver did not converge (only the Jacobi
     solver on CUDA reports any; their eigenpairs are inaccurate), each epoch with any also warned.
     """
-    epochs = checks.positive_int("epochs", epochs)
-    batch_size = checks.positive_int("batch_size", batch_size)
-    lr = checks.finite_float("lr", lr, minimum=0.0)
-    clip_norm = None if clip_norm is None else checks.finite_float("clip_norm", clip_norm, minimum=0.0)
-    weight_decay = checks.finite_float("weight_decay", weight_decay, minimum=0.0)
-    if not callable(schedule):
-        checks.choice("schedule", schedule, SCHEDULES)
-    if patience is not None:
-        patience = checks.positive_int("patience", patience)
-    beta1, beta2 = (checks.finite_float("betas", b, minimum=0.0) for b in betas)
+    epochs, batch_size = checks.positive_int("epochs", epochs), checks.positive_int("batch_size", batch_size)
     loss_fn = get_loss(loss, huber_delta)
-    be, xp = model.backend, model.backend.xp
-    Xh = checks.features(X, model.n_features, model.real_dtype)
-    Yh = model._check_targets(Y, len(Xh), loss)
-    Xd, Yd = be.asarray(Xh), be.asarray(Yh)
-    if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data must be a pair (X_val, Y_val)")
-        Xv = be.asarray(checks.features(validation_data[0], model.n_features, model.real_dtype, "validation X"))
-        Yv = be.asarray(model._check_targets(validation_data[1], len(Xv), loss))
-
-    N = len(Xh)
-    steps_per_epoch = -(-N // batch_size)
-    total_steps = epochs * steps_per_epoch
-    st = init_adam(model)
-    rng = np.random.default_rng(seed)
+    Xd, Yd, val = _device_data(model, X, Y, validation_data, loss)
+    opt = Adam(model, lr=lr, betas=betas, eps=eps, clip_norm=clip_norm, weight_decay=weight_decay,
+               schedule=schedule, total_steps=epochs * -(-len(Xd) // batch_size))
+    stop = _EarlyStopping(model, patience, min_delta, restore_best)
+    rng, bar = np.random.default_rng(seed), _Progress(epochs, verbose)
     hist = {"loss": [], "val_loss": [], "lr": [], "epoch_time": [], "samples_per_s": [],
             "eigh_not_converged": [], "best_epoch": None, "stop_reason": "epochs"}
-    best, best_flat, since_best = math.inf, None, 0
-    bar = _Progress(epochs, verbose)
-    step = 0
-    unit = xp.ones((), dtype=model.real_dtype)
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        snapshot = (model._flat.copy(), st["m"].copy(), st["v"].copy(), int(st["step"]))
-        perm = be.asarray(rng.permutation(N))  # host RNG: identical batches on every backend
-        total = xp.zeros((), dtype=model.real_dtype)
-        model._eigh_failures.fill(0)  # counted on the device by every forward pass of the epoch
-        for s in range(0, N, batch_size):
-            idx = perm[s:s + batch_size]
-            value = model._loss_and_grad(Xd[idx], Yd[idx], loss_fn)
-            total += value * len(idx)
-            with nvtx_range("optimizer"):
-                scale = unit  # a device scalar made once: the fused Adam kernel reads the scale there
-                if clip_norm is not None:
-                    gnorm = xp.sqrt((model._grad * model._grad).sum())
-                    scale = xp.minimum(1.0, clip_norm / (gnorm + 1e-30))
-                st["step"] += 1
-                lr_t = lr * lr_factor(schedule, step, total_steps)
-                if weight_decay:
-                    model._flat *= 1.0 - lr_t * weight_decay
-                be.adam_step(model._flat, model._grad, st["m"], st["v"], lr=lr_t,
-                             beta1=beta1, beta2=beta2, eps=eps, step=int(st["step"]), scale=scale)
-            step += 1
-        epoch_loss = float(total) / N  # the one host synchronisation of the epoch
-        failed = int(model._eigh_failures)  # already computed: a copy, not a wait
+    for epoch in range(1, epochs + 1):
+        t0, snapshot = time.perf_counter(), opt.snapshot()
+        epoch_loss = _train_epoch(model, opt, Xd, Yd, batch_size, rng, loss_fn)  # synchronises once
+        failed = int(model.eigh_failures)  # already computed: a copy, not a wait
         if not math.isfinite(epoch_loss):
-            model._flat[...], st["m"][...], st["v"][...] = snapshot[:3]
-            st["step"] = np.array(snapshot[3])
-            hist["stop_reason"] = f"diverged: non-finite training loss in epoch {epoch + 1}"
+            opt.restore(snapshot)
+            hist["stop_reason"] = f"diverged: non-finite training loss in epoch {epoch}"
             unconverged = f" ({failed} eigendecompositions did not converge)" if failed else ""
-            warnings.warn(f"training diverged (non-finite loss in epoch {epoch + 1}{unconverged}); stopped and restored "
+            warnings.warn(f"training diverged (non-finite loss in epoch {epoch}{unconverged}); stopped and restored "
                           f"the parameters from the start of that epoch. Try a smaller lr or clip_norm.", RuntimeWarning)
             break
         dt = time.perf_counter() - t0
         hist["loss"].append(epoch_loss)
-        hist["lr"].append(lr * lr_factor(schedule, step - 1, total_steps))
+        hist["lr"].append(opt.lr_at(opt.steps_taken - 1))
         hist["epoch_time"].append(dt)
-        hist["samples_per_s"].append(N / dt)
+        hist["samples_per_s"].append(len(Xd) / dt)
         monitored = epoch_loss
-        if validation_data is not None:
-            monitored = evaluate(model, Xv, Yv, loss_fn, batch_size=max(batch_size, 8192))
+        if val is not None:
+            monitored = evaluate(model, *val, loss_fn, batch_size=max(batch_size, 8192))
             hist["val_loss"].append(monitored)
-            failed = int(model._eigh_failures)  # evaluate synchronised: now with the validation pass
-        hist["eigh_not_converged"].append(failed)
-        if failed:
-            warnings.warn(f"epoch {epoch + 1}: {failed} eigendecompositions did not converge within the Jacobi "
-                          f"sweep cap (eigh_solver={model.eigh_solver!r}); their eigenpairs, outputs and gradients "
-                          "are inaccurate. Check the data and parameters for NaN/Inf, or use eigh_solver='cusolver'.",
-                          RuntimeWarning)
-        if monitored < best - min_delta:
-            best, since_best, hist["best_epoch"] = monitored, 0, epoch + 1
-            if restore_best:
-                best_flat = model._flat.copy()
-        else:
-            since_best += 1
-        bar.update(epoch + 1, hist)
+            failed = int(model.eigh_failures)  # evaluate synchronised: now with the validation pass
+        _note_unconverged(model, hist, epoch, failed)
+        stop.update(monitored, epoch, hist)
+        bar.update(epoch, hist)
         if callback is not None:
-            callback(epoch + 1, hist)
-        if patience is not None and since_best >= patience:
-            hist["stop_reason"] = f"early stopping: no improvement for {patience} epochs"
+            callback(epoch, hist)
+        if stop.should_stop(hist):
             break
     bar.close()
-    if restore_best and best_flat is not None and hist["best_epoch"] != len(hist["loss"]):
-        model._flat[...] = best_flat
+    stop.restore(hist)
     model.history = hist
     return hist
+
+
+def _device_data(model, X, Y, validation_data, loss):
+    """Checked training (and validation) data on the model's device: Xd, Yd, (Xv, Yv) or None."""
+    be = model.backend
+    Xh = checks.features(X, model.n_features, model.real_dtype)
+    Xd, Yd = be.asarray(Xh), be.asarray(model.check_targets(Y, len(Xh), loss))
+    if validation_data is None:
+        return Xd, Yd, None
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+        raise ValueError("validation_data must be a pair (X_val, Y_val)")
+    Xv = be.asarray(checks.features(validation_data[0], model.n_features, model.real_dtype, "validation X"))
+    return Xd, Yd, (Xv, be.asarray(model.check_targets(validation_data[1], len(Xv), loss)))
+
+
+def _train_epoch(model, opt, Xd, Yd, batch_size: int, rng, loss_fn) -> float:
+    """One pass over the data in a fresh random order; the mean training loss (one synchronisation)."""
+    N = len(Xd)
+    perm = model.backend.asarray(rng.permutation(N))  # host RNG: identical batches on every backend
+    total = model.backend.xp.zeros((), dtype=model.real_dtype)
+    model.eigh_failures.fill(0)  # counted on the device by every forward pass of the epoch
+    for s in range(0, N, batch_size):
+        idx = perm[s:s + batch_size]
+        total += model.device_loss_and_grad(Xd[idx], Yd[idx], loss_fn) * len(idx)
+        opt.step()
+    return float(total) / N
+
+
+def _note_unconverged(model, hist, epoch: int, failed: int):
+    hist["eigh_not_converged"].append(failed)
+    if failed:
+        warnings.warn(f"epoch {epoch}: {failed} eigendecompositions did not converge within the Jacobi "
+                      f"sweep cap (eigh_solver={model.eigh_solver!r}); their eigenpairs, outputs and gradients "
+                      "are inaccurate. Check the data and parameters for NaN/Inf, or use eigh_solver='cusolver'.",
+                      RuntimeWarning)
+
+
+class _EarlyStopping:
+    """Tracks the best monitored loss; stops after ``patience`` epochs without an improvement larger
+    than ``min_delta``; with ``restore_best`` keeps a copy of the best parameters and puts it back."""
+
+    def __init__(self, model, patience, min_delta: float, restore_best: bool):
+        self.model, self.min_delta, self.restore_best = model, min_delta, restore_best
+        self.patience = None if patience is None else checks.positive_int("patience", patience)
+        self.best, self.best_theta, self.since_best = math.inf, None, 0
+
+    def update(self, monitored: float, epoch: int, hist: dict):
+        if monitored < self.best - self.min_delta:
+            self.best, self.since_best, hist["best_epoch"] = monitored, 0, epoch
+            if self.restore_best:
+                self.best_theta = self.model.theta.copy()
+        else:
+            self.since_best += 1
+
+    def should_stop(self, hist: dict) -> bool:
+        if self.patience is not None and self.since_best >= self.patience:
+            hist["stop_reason"] = f"early stopping: no improvement for {self.patience} epochs"
+            return True
+        return False
+
+    def restore(self, hist: dict):
+        if self.restore_best and self.best_theta is not None and hist["best_epoch"] != len(hist["loss"]):
+            self.model.theta[...] = self.best_theta
 
 
 def evaluate(model, X, Y, loss_fn, batch_size: int = 8192) -> float:
@@ -173,7 +155,7 @@ def evaluate(model, X, Y, loss_fn, batch_size: int = 8192) -> float:
     xp = model.backend.xp
     total = xp.zeros((), dtype=model.real_dtype)
     for s in range(0, len(X), batch_size):
-        out, _ = model._forward(X[s:s + batch_size], need_grad=False)
+        out, _ = model.forward(X[s:s + batch_size])
         total += loss_fn(out, Y[s:s + batch_size])[0] * len(out)
     return float(total) / len(X)
 

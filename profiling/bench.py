@@ -141,7 +141,7 @@ def make_pmm(case: Case, device: str, dtype: str):
     kw = dict(field="complex", dtype=dtype, device=device, seed=0, **case.model_kw)
     if case.kind == "eigenvalue":
         return pmm_gpu.AffineEigenvaluePMM(case.n, case.p, n_eig=case.k, **kw)
-    from pmm_gpu.observable import AffineObservablePMM
+    from pmm_gpu import AffineObservablePMM
 
     # eta=0: the exact eigenvector reverse mode, the same formula torch.linalg.eigh's backward uses
     return AffineObservablePMM(case.n, case.p, n_outputs=case.outputs, n_eig=case.k, form="transition",

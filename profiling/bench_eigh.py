@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(HERE), HERE]  # run from a checkout without installing
 
 import bench  # noqa: E402  (profiling/bench.py: cases, run_case, stats, environment)
-from pmm_gpu import jacobi  # noqa: E402
+from pmm_gpu.ops import jacobi  # noqa: E402
 from pmm_gpu.backend import cuda_status, get_backend  # noqa: E402
 
 SIZES = (8, 16, 32)

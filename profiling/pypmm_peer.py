@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from pmm_gpu.assemble import assemble_forward
+from pmm_gpu.ops.assemble import assemble_forward
 
 
 def available() -> str | None:

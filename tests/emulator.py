@@ -179,14 +179,15 @@ def route_kernels_to_emulator(monkeypatch):
     monkeypatch.setattr(_cuda, "get_kernel", get_kernel)
 
 
-def cuda_backend_on_numpy():
-    """The CUDA backend's dispatch (kernel launchers, eigensolver choice, fused Jacobi paths) on NumPy
-    arrays; with ``route_kernels_to_emulator`` every kernel runs in the emulator."""
+def cuda_backend_on_numpy(kernels: bool = True):
+    """The CUDA backend's dispatch (eigensolver choice, fused Jacobi paths and, with ``kernels``, every
+    kernel launcher; else the NumPy references) on NumPy arrays; with ``route_kernels_to_emulator`` the
+    kernels run in the emulator."""
     from pmm_gpu import backend
 
     be = object.__new__(backend.CupyBackend)  # its __init__ imports CuPy
-    be.xp = np
-    backend._bind_kernel_ops(be, suffix="_cuda")
-    be.to_numpy = np.asarray
-    be.name = "emulated-cuda"
+    be.xp, be.to_numpy, be.synchronize = np, np.asarray, lambda: None
+    be.describe = lambda: {"backend": be.name, "device": "cpu"}
+    be.ops = backend.CUDA_OPS if kernels else backend.NUMPY_OPS
+    be.name = "emulated-cuda" if kernels else "emulated-cuda-eigh"
     return be

@@ -8,7 +8,7 @@ def fd_gradient(model, loss_at, rel_step=1e-6):
     Step h_i = rel_step·max(1, |θ_i|): truncation error O(h²·L''') ~ 1e-12 and rounding error
     O(ε·L/h) ~ 1e-10 relative, far below the 1e-6 tolerance the tests assert.
     """
-    flat = model._flat
+    flat = model.theta
     g = np.empty(flat.size)
     for i in range(flat.size):
         old = float(flat[i])

@@ -7,7 +7,7 @@ import pytest
 
 import emulator
 from pmm_gpu import _cuda
-from pmm_gpu.adam import adam_step, adam_step_cuda
+from pmm_gpu.ops.adam import adam_step, adam_step_cuda
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}  # relative to the largest reference entry
 HYPER = dict(lr=3e-3, beta1=0.9, beta2=0.999, eps=1e-8)

@@ -7,7 +7,7 @@ import pytest
 
 import emulator
 from pmm_gpu import _cuda
-from pmm_gpu.assemble import (FIELDS, assemble_backward, assemble_backward_cuda, assemble_forward,
+from pmm_gpu.ops.assemble import (FIELDS, assemble_backward, assemble_backward_cuda, assemble_forward,
                               assemble_forward_cuda, packed_size)
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}  # relative to the largest reference entry

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import pmm_gpu as pg
-from pmm_gpu.eigen import eigh_chunked
+from pmm_gpu.ops.eigh import eigh_chunked
 
 TOL = {"float64": 1e-9, "float32": 1e-4}  # relative to max(1, largest reference entry)
 

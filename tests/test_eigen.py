@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pmm_gpu.eigen import eigh_chunked, eigh_vjp, eigvals_vjp, select, select_indices
+from pmm_gpu.ops.eigh import eigh_chunked, eigh_vjp, eigvals_vjp, select, select_indices
 
 
 def random_hermitian(rng, n, field, B=1):

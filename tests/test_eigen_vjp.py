@@ -9,7 +9,7 @@ import pytest
 
 import emulator
 from pmm_gpu import _cuda
-from pmm_gpu.eigen import eigh_vjp, eigh_vjp_cuda, eigvals_vjp, eigvals_vjp_cuda
+from pmm_gpu.ops.eigh import eigh_vjp, eigh_vjp_cuda, eigvals_vjp, eigvals_vjp_cuda
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}  # relative to the largest reference entry
 DTYPES = [np.float32, np.float64, np.complex64, np.complex128]

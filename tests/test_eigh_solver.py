@@ -1,8 +1,9 @@
 """The models' ``eigh_solver`` option (issue 7): swapping numpy.linalg.eigh for the Jacobi kernel leaves
 outputs and gradients unchanged, and non-convergence is reported once per epoch, never silently.
 
-The kernel runs on the CPU: ``EmulatedCudaEigh`` is the NumPy backend with CupyBackend's eigensolver
-dispatch (``eigh`` / ``eigh_assemble``) borrowed unchanged, and the kernel lookup routed to the g++
+The kernel runs on the CPU: ``emulator.cuda_backend_on_numpy(kernels=False)`` is the CUDA backend's
+eigensolver dispatch (``eigh`` / ``assemble_eigh`` / ``assemble_eigh_observable``) on NumPy arrays with
+the NumPy references for the other ops, and the kernel lookup routed to the g++
 emulation (tests/emulator.py), so the CUDA code path — fused assemble + Jacobi without smoothing,
 Jacobi on assembled matrices with smoothing and for the centering term's ‖D‖₂ — runs on NumPy arrays.
 """
@@ -15,26 +16,17 @@ import pytest
 
 import emulator
 import pmm_gpu as pg
-from pmm_gpu import _cuda, backend, jacobi
-from pmm_gpu.backend import CupyBackend, NumpyBackend
+from pmm_gpu import _cuda, backend
+from pmm_gpu.ops import jacobi
 
 TOL = {"float64": 1e-10, "float32": 1e-4}  # relative, norm-wise
-
-
-class EmulatedCudaEigh(NumpyBackend):
-    """NumPy arrays, CUDA eigensolver dispatch (the kernels run in the emulator)."""
-
-    name = "emulated-cuda-eigh"
-    eigh = CupyBackend.eigh
-    eigh_assemble = CupyBackend.eigh_assemble
-    eigh_observable = CupyBackend.eigh_observable
 
 
 @pytest.fixture
 def emulated(monkeypatch):
     monkeypatch.setattr(_cuda, "get_kernel", emulator.get_kernel)
     calls = []
-    for name in ("eigh_jacobi_cuda", "eigh_jacobi_assemble_cuda", "eigh_jacobi_observable_cuda"):  # which ran
+    for name in ("eigh_jacobi_cuda", "assemble_eigh_jacobi_cuda", "assemble_eigh_observable_jacobi_cuda"):  # which ran
         launcher = getattr(jacobi, name)
         monkeypatch.setattr(jacobi, name, lambda *a, _f=launcher, _n=name, **k: calls.append(_n) or _f(*a, **k))
     return calls
@@ -44,7 +36,7 @@ def pair(cls, solver="jacobi", **kw):
     """The same model twice: on the NumPy oracle, and with the emulated CUDA eigensolver."""
     ref = cls(device="cpu", seed=3, eigh_solver=solver, **kw)
     emu = cls(device="cpu", seed=3, eigh_solver=solver, **kw)
-    emu.backend = EmulatedCudaEigh()
+    emu.backend = emulator.cuda_backend_on_numpy(kernels=False)
     return ref, emu
 
 
@@ -71,7 +63,7 @@ def test_eigenvalue_pmm_unchanged(which, field, smoothing, dtype, emulated):
                     smoothing=smoothing, dtype=dtype)
     assert_same(ref, emu, X, Y, dtype)
     # fused launch without smoothing; assemble, then the Jacobi kernel with it
-    assert set(emulated) == {"eigh_jacobi_cuda" if smoothing else "eigh_jacobi_assemble_cuda"}
+    assert set(emulated) == {"eigh_jacobi_cuda" if smoothing else "assemble_eigh_jacobi_cuda"}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -84,7 +76,7 @@ def test_observable_pmm_unchanged(form, field, dtype, emulated):
                     form=form, field=field, dtype=dtype)
     assert_same(ref, emu, X, Y, dtype)
     # predict: the fused observable launch; training: M(x) fused; then ‖D‖₂ (centered) by the plain kernel
-    assert set(emulated) == {"eigh_jacobi_observable_cuda", "eigh_jacobi_assemble_cuda", "eigh_jacobi_cuda"}
+    assert set(emulated) == {"assemble_eigh_observable_jacobi_cuda", "assemble_eigh_jacobi_cuda", "eigh_jacobi_cuda"}
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -95,18 +87,18 @@ def test_predict_writes_only_what_inference_needs(which, field, dtype, emulated,
     inference launches: AE-PMM the fused eigh with k = 0 (eigenvalues only), AO-PMM the fused
     assemble + eigh + observables kernel (no eigenvector leaves it), every ``which``."""
     ks = []
-    launcher = jacobi.eigh_jacobi_assemble_cuda
-    monkeypatch.setattr(jacobi, "eigh_jacobi_assemble_cuda", lambda *a, **k: ks.append(k.get("k")) or launcher(*a, **k))
+    launcher = jacobi.assemble_eigh_jacobi_cuda
+    monkeypatch.setattr(jacobi, "assemble_eigh_jacobi_cuda", lambda *a, **k: ks.append(k.get("k")) or launcher(*a, **k))
     X = np.random.default_rng(8).uniform(-1, 1, (11, 3))
     ref, emu = pair(pg.AffineEigenvaluePMM, n=7, n_features=3, n_eig=3, which=which, field=field, dtype=dtype)
     assert rel(emu.predict(X, batch_size=4), ref.predict(X)) <= TOL[dtype]
-    assert ks == [0, 0, 0] and emulated == ["eigh_jacobi_assemble_cuda"] * 3
+    assert ks == [0, 0, 0] and emulated == ["assemble_eigh_jacobi_cuda"] * 3
     emulated.clear()
     for form in ("transition", "expectation"):
         ref, emu = pair(pg.AffineObservablePMM, n=7, n_features=3, n_outputs=3, n_eig=3, n_secondaries=2,
                         which=which, form=form, field=field, dtype=dtype)
         assert rel(emu.predict(X), ref.predict(X)) <= TOL[dtype]
-    assert emulated == ["eigh_jacobi_observable_cuda", "eigh_jacobi_cuda"] * 2  # t; then ‖D‖₂ (centered)
+    assert emulated == ["assemble_eigh_observable_jacobi_cuda", "eigh_jacobi_cuda"] * 2  # t; then ‖D‖₂ (centered)
     assert ks == [0, 0, 0]
 
 
@@ -128,7 +120,7 @@ def test_auto_and_cusolver_never_run_the_kernel(emulated, monkeypatch):
     monkeypatch.setattr(backend, "AUTO_JACOBI_MAX_N", 32)  # the switch a GPU measurement would flip
     _, emu = pair(pg.AffineEigenvaluePMM, "auto", n=4, n_features=2)
     emu.predict(X)
-    assert emulated == ["eigh_jacobi_assemble_cuda"]
+    assert emulated == ["assemble_eigh_jacobi_cuda"]
 
 
 def test_resolve_and_validate():
@@ -197,7 +189,7 @@ def test_bench_eigh_cuda_path_emulated(emulated, monkeypatch):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiling"))
     import bench_eigh
 
-    monkeypatch.setattr(bench_eigh, "get_backend", lambda device: EmulatedCudaEigh())
+    monkeypatch.setattr(bench_eigh, "get_backend", lambda device: emulator.cuda_backend_on_numpy(kernels=False))
     cfg = types.SimpleNamespace(sizes=[3, 6], batch=8, cusolver_batch=4, repeats=1)
     records, checks, ok = bench_eigh.run_eigh("cuda", "float64", cfg, [])
     assert ok, checks

@@ -18,8 +18,8 @@ import pytest
 
 import emulator
 from pmm_gpu import _cuda
-from pmm_gpu.assemble import assemble_forward, packed_size
-from pmm_gpu.jacobi import MAX_SWEEPS, default_threads, eigh_jacobi_assemble_cuda, eigh_jacobi_cuda
+from pmm_gpu.ops.assemble import assemble_forward, packed_size
+from pmm_gpu.ops.jacobi import MAX_SWEEPS, default_threads, assemble_eigh_jacobi_cuda, eigh_jacobi_cuda
 
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
 DTYPES = {("real", np.float32): np.float32, ("real", np.float64): np.float64,
@@ -220,16 +220,16 @@ def test_fused_assemble_emulated(n, p, field, real, emulated_loader):
     Pp = rng.standard_normal((p + 1, packed_size(n, field))).astype(real)
     X1 = np.concatenate([np.ones((B, 1), real), x], axis=1)
     M = assemble_forward(X1.astype(np.float64) @ Pp.astype(np.float64), n, field)
-    w, V, sweeps = eigh_jacobi_assemble_cuda(x, Pp, n, field, threads=6)
+    w, V, sweeps = assemble_eigh_jacobi_cuda(x, Pp, n, field, threads=6)
     assert w.dtype == real and V.dtype == DTYPES[field, real]
     err = errors(M, w, V)
     # The kernel assembles in the working precision: one more rounding per entry than M (float64).
     assert max(err.values()) <= 2 * TOL[real], err
     assert np.all(sweeps >= 0)
     with pytest.raises(ValueError, match="Pp"):
-        eigh_jacobi_assemble_cuda(x, Pp[:, 1:], n, field)
+        assemble_eigh_jacobi_cuda(x, Pp[:, 1:], n, field)
     with pytest.raises(TypeError, match="float32 or both float64"):
-        eigh_jacobi_assemble_cuda(x.astype(np.float16), Pp, n, field)
+        assemble_eigh_jacobi_cuda(x.astype(np.float16), Pp, n, field)
 
 
 def tsan_check() -> bool:
@@ -266,6 +266,6 @@ def test_jacobi_gpu(n, field, real):
         check(M, w, V, sweeps, real)
     x = rng.standard_normal((257, 3)).astype(real)
     Pp = rng.standard_normal((4, packed_size(n, field))).astype(real)
-    w, V, sweeps = (cupy.asnumpy(a) for a in eigh_jacobi_assemble_cuda(cupy.asarray(x), cupy.asarray(Pp), n, field))
+    w, V, sweeps = (cupy.asnumpy(a) for a in assemble_eigh_jacobi_cuda(cupy.asarray(x), cupy.asarray(Pp), n, field))
     X1 = np.concatenate([np.ones((257, 1)), x], axis=1)
     assert max(errors(assemble_forward(X1 @ Pp.astype(np.float64), n, field), w, V).values()) <= 2 * TOL[real]

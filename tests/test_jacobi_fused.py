@@ -13,10 +13,10 @@ import pytest
 
 import emulator
 from pmm_gpu import _cuda
-from pmm_gpu.assemble import assemble_forward, packed_size
-from pmm_gpu.eigen import WHICH, select_indices
-from pmm_gpu.jacobi import eigh_jacobi_assemble_cuda, eigh_jacobi_cuda, eigh_jacobi_observable_cuda
-from pmm_gpu.observable import FORMS, observable_forward
+from pmm_gpu.ops.assemble import assemble_forward, packed_size
+from pmm_gpu.ops.eigh import WHICH, select_indices
+from pmm_gpu.ops.jacobi import assemble_eigh_jacobi_cuda, eigh_jacobi_cuda, assemble_eigh_observable_jacobi_cuda
+from pmm_gpu.ops.observable import FORMS, observable_forward
 
 TOL = {np.float32: 1e-4, np.float64: 1e-10}  # relative, norm-wise (projectors, observables)
 ELEM = {("real", np.float32): np.float32, ("real", np.float64): np.float64,
@@ -49,10 +49,10 @@ def projectors(V):
 def test_selected_columns(n, which, field, real):
     rng = np.random.default_rng([n, WHICH.index(which), field == "complex", real == np.float64])
     x, Pp, M = problem(rng, 4, n, 2, field, real)
-    w_all, V_all, _ = eigh_jacobi_assemble_cuda(x, Pp, n, field, threads=5)
+    w_all, V_all, _ = assemble_eigh_jacobi_cuda(x, Pp, n, field, threads=5)
     wr, Vr = np.linalg.eigh(M)
     for k in sorted({0, 1, (n + 1) // 2, n}):
-        w, V, sweeps = eigh_jacobi_assemble_cuda(x, Pp, n, field, k=k, which=which, threads=5)
+        w, V, sweeps = assemble_eigh_jacobi_cuda(x, Pp, n, field, k=k, which=which, threads=5)
         assert V.shape == (4, n, k) and V.dtype == ELEM[field, real] and np.all(sweeps >= 0)
         np.testing.assert_array_equal(w, w_all)
         idx = select_indices(w, k, which)
@@ -97,7 +97,7 @@ def test_observable_kernel(n, r, K, which, form, field, real):
     B = 5
     x, Pp, M = problem(rng, B, n, 3, field, real)
     D = assemble_forward(rng.standard_normal((K, packed_size(n, field))), n, field)  # float64 / complex128
-    t, sweeps = eigh_jacobi_observable_cuda(x, Pp, D.astype(ELEM[field, real]), n, field, r, which, form,
+    t, sweeps = assemble_eigh_observable_jacobi_cuda(x, Pp, D.astype(ELEM[field, real]), n, field, r, which, form,
                                             threads=6)
     assert t.shape == (B, K) and t.dtype == real and np.all(sweeps >= 0)
     wr, Vr = np.linalg.eigh(M)
@@ -105,7 +105,7 @@ def test_observable_kernel(n, r, K, which, form, field, real):
     t_ref = observable_forward(V_S, D, form)[0]
     assert np.linalg.norm(t - t_ref) <= TOL[real] * max(np.linalg.norm(t_ref), np.linalg.norm(D) ** 2 / K)
     if real == np.float64:  # the same as the unfused chain on the kernel's own eigenvectors
-        w, V_k, _ = eigh_jacobi_assemble_cuda(x, Pp, n, field, k=r, which=which)
+        w, V_k, _ = assemble_eigh_jacobi_cuda(x, Pp, n, field, k=r, which=which)
         np.testing.assert_allclose(t, observable_forward(V_k, D, form)[0], rtol=1e-12, atol=1e-12 * np.abs(t).max())
 
 
@@ -113,18 +113,18 @@ def test_observable_kernel_block_sizes_and_edges():
     rng = np.random.default_rng(9)
     x, Pp, _ = problem(rng, 3, 6, 2, "complex", np.float64)
     D = assemble_forward(rng.standard_normal((2, packed_size(6, "complex"))), 6, "complex")
-    t1, _ = eigh_jacobi_observable_cuda(x, Pp, D, 6, "complex", 3, "LM", "transition", threads=1)
+    t1, _ = assemble_eigh_observable_jacobi_cuda(x, Pp, D, 6, "complex", 3, "LM", "transition", threads=1)
     for threads in (2, 7, 32, 64):
-        t, _ = eigh_jacobi_observable_cuda(x, Pp, D, 6, "complex", 3, "LM", "transition", threads=threads)
+        t, _ = assemble_eigh_observable_jacobi_cuda(x, Pp, D, 6, "complex", 3, "LM", "transition", threads=threads)
         np.testing.assert_allclose(t, t1, rtol=1e-13)
-    t, s = eigh_jacobi_observable_cuda(x[:0], Pp, D, 6, "complex", 3, "LM", "expectation")
+    t, s = assemble_eigh_observable_jacobi_cuda(x[:0], Pp, D, 6, "complex", 3, "LM", "expectation")
     assert t.shape == (0, 2) and s.shape == (0,)
-    t, _ = eigh_jacobi_observable_cuda(x, Pp, D[:0], 6, "complex", 3, "LM", "expectation")
+    t, _ = assemble_eigh_observable_jacobi_cuda(x, Pp, D[:0], 6, "complex", 3, "LM", "expectation")
     assert t.shape == (3, 0)
     with pytest.raises(ValueError, match="form"):
-        eigh_jacobi_observable_cuda(x, Pp, D, 6, "complex", 3, "LM", "trace")
+        assemble_eigh_observable_jacobi_cuda(x, Pp, D, 6, "complex", 3, "LM", "trace")
     with pytest.raises(ValueError, match="D must be"):
-        eigh_jacobi_observable_cuda(x, Pp, D[:, :5], 6, "complex", 3, "LM", "transition")
+        assemble_eigh_observable_jacobi_cuda(x, Pp, D[:, :5], 6, "complex", 3, "LM", "transition")
 
 
 def tsan_check() -> bool:
@@ -164,7 +164,7 @@ def test_observable_kernel_gpu(field, real, monkeypatch):
         D = assemble_forward(rng.standard_normal((4, packed_size(n, field))), n, field)
         wr, Vr = np.linalg.eigh(M)
         for form in FORMS:
-            t, sweeps = eigh_jacobi_observable_cuda(cupy.asarray(x), cupy.asarray(Pp), cupy.asarray(D), n, field, 3,
+            t, sweeps = assemble_eigh_observable_jacobi_cuda(cupy.asarray(x), cupy.asarray(Pp), cupy.asarray(D), n, field, 3,
                                                     "LM", form)
             V_S = np.take_along_axis(Vr, select_indices(wr, 3, "LM")[:, None, :], axis=2)
             t_ref = observable_forward(V_S, D, form)[0]

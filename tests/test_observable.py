@@ -6,7 +6,7 @@ import pytest
 
 import pmm_gpu as pg
 from fd import fd_gradient, flat_grad, rel_err
-from pmm_gpu.assemble import hermitian_pack
+from pmm_gpu.ops.assemble import hermitian_pack
 
 LOSSES = ["mse", "mae", "huber", "cross_entropy"]
 

@@ -8,7 +8,7 @@ import pytest
 
 import emulator
 from pmm_gpu import _cuda
-from pmm_gpu.observable import (FORMS, observable_backward, observable_backward_cuda, observable_forward,
+from pmm_gpu.ops.observable import (FORMS, observable_backward, observable_backward_cuda, observable_forward,
                                 observable_forward_cuda)
 from test_eigen_vjp import DTYPES, assert_close, random_matrices
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import pmm_gpu as pg
-from pmm_gpu.adam import adam_step
-from pmm_gpu.train import lr_factor
+from pmm_gpu.ops.adam import adam_step
+from pmm_gpu.optim import lr_factor
 
 
 def data(B=24, seed=0):
@@ -47,12 +47,12 @@ def test_fit_is_minibatch_adam_on_loss_and_grad():
     a, b = model(), model()
     a.fit(X, Y, epochs=1, batch_size=4, lr=0.05, seed=3, verbose=False)
     perm = np.random.default_rng(3).permutation(10)
-    theta, grads = b._flat.copy(), []
+    theta, grads = b.theta.copy(), []
     for s in range(0, 10, 4):  # batches of 4, 4 and a final partial batch of 2
         idx = perm[s:s + 4]
         grads.append(b.loss_and_grad(X[idx], Y[idx])[1]["primaries"].ravel())
-        b._flat[...] = reference_adam(theta, grads, 0.05)
-    np.testing.assert_allclose(a._flat, b._flat, rtol=1e-12, atol=1e-14)
+        b.theta[...] = reference_adam(theta, grads, 0.05)
+    np.testing.assert_allclose(a.theta, b.theta, rtol=1e-12, atol=1e-14)
     assert int(a.opt_state["step"]) == 3
 
 
@@ -63,19 +63,19 @@ def test_weight_decay_is_textbook_adamw():
     lam, lr, steps = 0.3, 0.05, 4
     a.fit(X, Y, epochs=steps, batch_size=8, lr=lr, weight_decay=lam, schedule="cosine", verbose=False)
     b1, b2, eps = 0.9, 0.999, 1e-8
-    theta = b._flat.copy()
+    theta = b.theta.copy()
     m, v = np.zeros_like(theta), np.zeros_like(theta)
     for t in range(1, steps + 1):
-        b._flat[...] = theta
+        b.theta[...] = theta
         g = b.loss_and_grad(X, Y)[1]["primaries"].ravel()
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         lr_t = lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / steps))
         theta = theta - lr_t * ((m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps) + lam * theta)
-    np.testing.assert_allclose(a._flat, theta, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(a.theta, theta, rtol=1e-12, atol=1e-14)
     c = model()
     c.fit(X, Y, epochs=steps, batch_size=8, lr=lr, schedule="cosine", verbose=False)
-    assert not np.allclose(c._flat, a._flat)  # the decay does act
+    assert not np.allclose(c.theta, a.theta)  # the decay does act
     with pytest.raises(ValueError):
         model().fit(X, Y, epochs=1, weight_decay=-1.0, verbose=False)
 
@@ -92,11 +92,11 @@ def test_clip_norm_bounds_the_step():
     X, Y = data()
     m = model()
     g = m.loss_and_grad(X, Y)[1]["primaries"].ravel()
-    theta0 = m._flat.copy()
+    theta0 = m.theta.copy()
     m.fit(X, Y, epochs=1, batch_size=24, lr=0.1, clip_norm=1e-3, verbose=False)
     # clipping rescales g to norm 1e-3; Adam's first step is lr·ĝ/(|ĝ| + eps) per element
     gs = g * 1e-3 / np.linalg.norm(g)
-    np.testing.assert_allclose(m._flat, theta0 - 0.1 * gs / (np.abs(gs) + 1e-8), rtol=1e-10)
+    np.testing.assert_allclose(m.theta, theta0 - 0.1 * gs / (np.abs(gs) + 1e-8), rtol=1e-10)
 
 
 def test_early_stopping_and_best_restore():
@@ -115,12 +115,12 @@ def test_divergence_stops_and_keeps_last_good_parameters():
     X, Y = data()
     m = model()
     m.fit(X, Y, epochs=2, batch_size=24, lr=0.01, verbose=False)
-    good = m._flat.copy()
+    good = m.theta.copy()
     Y_bad = Y * 1e200  # squares overflow to inf in the loss
     with pytest.warns(RuntimeWarning, match="diverged"):
         h = m.fit(X, Y_bad, epochs=5, batch_size=24, lr=0.01, verbose=False)
     assert h["stop_reason"].startswith("diverged") and h["loss"] == []
-    np.testing.assert_array_equal(m._flat, good)
+    np.testing.assert_array_equal(m.theta, good)
 
 
 def test_resume_continues_adam_state(tmp_path):
@@ -132,11 +132,11 @@ def test_resume_continues_adam_state(tmp_path):
     assert int(b.opt_state["step"]) == 9
     a.fit(X, Y, epochs=2, batch_size=8, lr=0.05, seed=1, verbose=False)
     b.fit(X, Y, epochs=2, batch_size=8, lr=0.05, seed=1, verbose=False)
-    np.testing.assert_array_equal(a._flat, b._flat)
+    np.testing.assert_array_equal(a.theta, b.theta)
     fresh = pg.load(tmp_path / "a.npz", device="cpu")
     fresh.opt_state = None  # restarting Adam from zero moments gives a different trajectory
     fresh.fit(X, Y, epochs=2, batch_size=8, lr=0.05, seed=1, verbose=False)
-    assert not np.allclose(fresh._flat, b._flat)
+    assert not np.allclose(fresh.theta, b.theta)
 
 
 def test_progress_line(capsys):

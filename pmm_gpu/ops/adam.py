@@ -5,9 +5,13 @@
     θ ← θ − lr · (m / (1 − β1^t)) / (sqrt(v / (1 − β2^t)) + ε)
 
 All arrays are 1-D and updated in place; ``scale`` is a 0-d array so that clipping never needs a
-host synchronisation. ``adam_step`` is the NumPy reference; ``adam_step_cuda`` is the fused RawKernel.
+host synchronisation. ``adam_step`` is the NumPy reference; ``adam_step_cuda`` is the fused RawKernel
+(kernels/adam.cu). The optimizer around it (state, clipping, schedules, weight decay) is pmm_gpu/optim.py.
 """
 from __future__ import annotations
+
+from .. import _cuda
+from .._xp import array_module
 
 
 def adam_step(theta, grad, m, v, *, lr: float, beta1: float, beta2: float, eps: float, step: int, scale):
@@ -29,9 +33,6 @@ def adam_step_cuda(theta, grad, m, v, *, lr: float, beta1: float, beta2: float, 
     ``scale`` is a Python number or a 1-element device array; an array is read by the kernel, never
     by the host, so a clipping factor computed on the device costs no synchronisation.
     """
-    from . import _cuda
-    from .backend import array_module
-
     xp = array_module(theta)
     for name, a in (("grad", grad), ("m", m), ("v", v)):
         if a.dtype != theta.dtype or a.size != theta.size:

@@ -2,9 +2,9 @@
 
 ``eigh_jacobi_cuda(M)`` is a drop-in for ``xp.linalg.eigh`` on a batch of n×n matrices, n <= 32
 (kernels/jacobi.cu: two-sided cyclic Jacobi, round-robin order, one thread block per matrix, the
-matrix in shared memory). ``eigh_jacobi_assemble_cuda(x, Pp, n, field)`` fuses the assembly of
+matrix in shared memory). ``assemble_eigh_jacobi_cuda(x, Pp, n, field)`` fuses the assembly of
 M(x) = M_0 + Σ_i x_i M_i from the packed primaries (pmm_gpu/assemble.py contract) into the same
-launch, so the (B, n, n) batch never goes through global memory. ``eigh_jacobi_observable_cuda``
+launch, so the (B, n, n) batch never goes through global memory. ``assemble_eigh_observable_jacobi_cuda``
 goes one step further for the AO-PMM forward pass: assemble, diagonalise, select and reduce the
 observables t = ‖V_Sᴴ D V_S‖_F² or Re tr V_Sᴴ D V_S in one launch, writing only t (B, K).
 numpy.linalg.eigh is the oracle.
@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _cuda
+from .._xp import array_module
 from .assemble import FIELDS, packed_size
-from .backend import array_module
-from .eigen import WHICH  # the kernels' `which` codes are indices into it
+from .eigh import WHICH  # the kernels' `which` codes are indices into it
 from .observable import FORMS  # the kernel's `form` codes likewise
 
 NMAX = 32  # largest n the kernel holds (kernels/jacobi.cu: JACOBI_NMAX)
@@ -39,17 +40,14 @@ MAX_SWEEPS = 60
 
 def default_threads(n: int) -> int:
     """Threads per block: one per (pair, column) work item of a round, whole warps, at most 256."""
-    work = (n + 1) // 2 * n
-    return min(MAX_THREADS, max(32, -(-work // 32) * 32))
+    return _cuda.threads_for((n + 1) // 2 * n, MAX_THREADS)
 
 
 def _launch_config(B: int, n: int, threads: int | None):
-    from . import _cuda
-
     threads = threads or default_threads(n)
     if not 1 <= threads <= MAX_THREADS:
         raise ValueError(f"threads must be in 1..{MAX_THREADS}, got {threads}")
-    return (max(1, min(B, _cuda.MAX_GRID)),), (threads,)
+    return _cuda.block_per_item(B, 0, threads)
 
 
 def _tol(real, tol):
@@ -74,8 +72,6 @@ def eigh_jacobi_cuda(M, *, k: int | None = None, which: str = "SA", max_sweeps: 
     (default ``default_threads(n)``; the CPU-emulation tests use a few). k, which: the eigenvectors
     written, V (B, n, k) (module doc; default all, sorted).
     """
-    from . import _cuda
-
     xp = array_module(M)
     if M.ndim != 3 or M.shape[1] != M.shape[2] or not 1 <= M.shape[1] <= NMAX:
         raise ValueError(f"M must be (B, n, n) with 1 <= n <= {NMAX}; got {M.shape}")
@@ -110,7 +106,7 @@ def _check_assemble(x, Pp, n: int, field: str):
     return xp, xp.ascontiguousarray(x), xp.ascontiguousarray(Pp), real, elem
 
 
-def eigh_jacobi_assemble_cuda(x, Pp, n: int, field: str, *, k: int | None = None, which: str = "SA",
+def assemble_eigh_jacobi_cuda(x, Pp, n: int, field: str, *, k: int | None = None, which: str = "SA",
                               max_sweeps: int = MAX_SWEEPS, tol: float | None = None, threads: int | None = None):
     """w, V, sweeps of M(x_b) = assemble_forward(X1 @ Pp) for every row x_b of x, in one launch.
 
@@ -119,8 +115,6 @@ def eigh_jacobi_assemble_cuda(x, Pp, n: int, field: str, *, k: int | None = None
     with X1 = [1, x] up to rounding (the kernel sums the p + 1 terms in order, one entry at a time).
     k, which: the eigenvectors written, V (B, n, k) (module doc; default all, sorted).
     """
-    from . import _cuda
-
     xp, x, Pp, real, elem = _check_assemble(x, Pp, n, field)
     B, p = x.shape
     k, code = _selection(n, k, which)
@@ -134,16 +128,14 @@ def eigh_jacobi_assemble_cuda(x, Pp, n: int, field: str, *, k: int | None = None
     return w, V, sweeps
 
 
-def eigh_jacobi_observable_cuda(x, Pp, D, n: int, field: str, r: int, which: str, form: str, *,
+def assemble_eigh_observable_jacobi_cuda(x, Pp, D, n: int, field: str, r: int, which: str, form: str, *,
                                 max_sweeps: int = MAX_SWEEPS, tol: float | None = None, threads: int | None = None):
-    """t, sweeps: the AO-PMM observables of M(x_b) (as ``eigh_jacobi_assemble_cuda``), in one launch.
+    """t, sweeps: the AO-PMM observables of M(x_b) (as ``assemble_eigh_jacobi_cuda``), in one launch.
 
     V_S = the r eigenvectors ``eigen.select_indices(w, r, which)`` picks, D (K, n, n) the full Hermitian
     secondaries (assemble_forward of the packed ones; cast to the element type), form "transition" |
     "expectation" -> t (B, K) real = ``observable.observable_forward(V_S, D, form)[0]``, sweeps (B,).
     """
-    from . import _cuda
-
     xp, x, Pp, real, elem = _check_assemble(x, Pp, n, field)
     B, p = x.shape
     r, code = _selection(n, r, which)

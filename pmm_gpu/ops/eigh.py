@@ -1,4 +1,5 @@
-"""Eigenpair selection and the reverse mode of the Hermitian eigendecomposition (DESIGN.md §2).
+"""eigh: eigenpair selection, the reverse mode of the Hermitian eigendecomposition (docs/DESIGN.md §2),
+and the chunking of batched library eigensolvers.
 
 Conventions: M (B, n, n) Hermitian, M = V Λ Vᴴ with λ_1 ≤ … ≤ λ_n. For a real loss L and an array A,
 the cotangent Ā is defined by dL = Re tr(Āᴴ dA).
@@ -7,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import array_module
+from .. import _cuda
+from .._xp import array_module
 
 WHICH = ("SA", "LA", "SM", "LM", "EA", "EM", "IA", "IM")
 # cuSOLVER's batched syevj/heevj takes a 32-bit lwork; stay well below 2**31 elements per call.
@@ -19,7 +21,7 @@ def select_indices(w, k: int, which: str):
 
     SA/LA: k smallest/largest λ;  SM/LM: k smallest/largest |λ|;  EA/EM: exterior — the ⌈k/2⌉
     smallest and ⌊k/2⌋ largest by λ / by |λ|;  IA/IM: interior — the k middle ones by λ / by |λ|.
-    The result is in ascending order of the sort key (λ for *A, |λ| for *M), as DESIGN.md §1 says.
+    The result is in ascending order of the sort key (λ for *A, |λ| for *M), as docs/DESIGN.md §1 says.
     """
     xp = array_module(w)
     B, n = w.shape
@@ -106,11 +108,6 @@ def concat_batches(parts, xp):
     return xp.concatenate(parts)
 
 
-def _vjp_block(work: int) -> int:
-    """Threads of a one-block-per-item launch: ``work`` entries rounded up to whole warps, at most 256."""
-    return min(256, max(32, -(-work // 32) * 32))
-
-
 def eigh_vjp_cuda(w, V, idx, Vbar_S, eta: float):
     """RawKernel version of eigh_vjp (kernels/eigen_vjp.cu), same arguments and result.
 
@@ -118,8 +115,6 @@ def eigh_vjp_cuda(w, V, idx, Vbar_S, eta: float):
     n above the largest tile (32) falls back to eigh_vjp's array code (cuBLAS batched matmuls).
     w (B, n) real, V (B, n, n), idx (B, r) integer, Vbar_S (B, n, r) on the device -> Ā (B, n, n).
     """
-    from . import _cuda
-
     xp = array_module(V)
     B, n, r = V.shape[0], V.shape[-1], idx.shape[1]
     tile = _cuda.tile_for(n)
@@ -130,7 +125,8 @@ def eigh_vjp_cuda(w, V, idx, Vbar_S, eta: float):
     w, idx = xp.ascontiguousarray(w, dtype=real), xp.ascontiguousarray(idx, dtype=np.int64)
     Abar = xp.empty_like(V)
     kernel = _cuda.get_kernel("eigh_vjp", real, V.dtype, tile)
-    kernel((max(1, min(B, _cuda.MAX_GRID)),), (_vjp_block(n * n),), (w, V, idx, Vbar_S, Abar, B, n, r, float(eta)))
+    grid, block = _cuda.block_per_item(B, n * n)
+    kernel(grid, block, (w, V, idx, Vbar_S, Abar, B, n, r, float(eta)))
     return Abar
 
 
@@ -139,8 +135,6 @@ def eigvals_vjp_cuda(V_S, wbar_S):
 
     V_S (B, n, k), wbar_S (B, k) real on the device -> Ā (B, n, n).
     """
-    from . import _cuda
-
     xp = array_module(V_S)
     B, n, k = V_S.shape
     real = np.finfo(V_S.dtype).dtype

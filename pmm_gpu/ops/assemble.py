@@ -1,4 +1,4 @@
-"""assemble: packed real parameters <-> full Hermitian / real-symmetric matrices.
+"""assemble: packed real parameters <-> full Hermitian / real-symmetric matrices, and the smoothing term.
 
 Parameterization (the contract shared with kernels/assemble.cu). For an n×n matrix, P real numbers:
 
@@ -17,7 +17,9 @@ matrices in the C-contiguous (B, n, n) layout the eigensolver consumes.
     ∂L/∂a_ii = Re Ā_ii,  ∂L/∂a_ij = Re(Ā_ij + Ā_ji),  ∂L/∂b_ij = Im(Ā_ij − Ā_ji)   (i < j),
 
 which for a Hermitian Ā is (Ā_ii, 2 Re Ā_ij, 2 Im Ā_ij): the projection onto the parameterization.
-These are the NumPy references; ``*_cuda`` are the RawKernel launchers for the same contract.
+These are the NumPy references; ``*_cuda`` are the RawKernel launchers for the same contract
+(kernels/assemble.cu). ``smoothing_shift`` / ``smoothing_backward`` are the optional term s·C of
+docs/DESIGN.md §1 and its reverse mode, in array code on either array module.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ import functools
 
 import numpy as np
 
-from .backend import array_module
+from .. import _cuda
+from .._xp import array_module
 
 FIELDS = ("real", "complex")
 
@@ -119,7 +122,8 @@ def assemble_backward(Abar, n: int, field: str):
 
 
 def hermitian_pack(M, field: str):
-    """Inverse of assemble_forward: M (..., n, n) Hermitian/symmetric -> packed (..., P) real."""
+    """Inverse of assemble_forward: M (..., n, n) Hermitian/symmetric -> packed (..., P) real
+    (the upper triangle's real parts, then for the complex field its strict upper imaginary parts)."""
     xp = array_module(M)
     n = M.shape[-1]
     (iu, ju), (is_, js) = triu_pairs(n)
@@ -129,12 +133,45 @@ def hermitian_pack(M, field: str):
     return xp.concatenate([a, M[..., is_, js].imag], axis=-1)
 
 
+def n_from_packed(P: int, field: str) -> int:
+    """The matrix size n whose packed size (``packed_size``) is P; ValueError when there is none."""
+    n = int(round(((8 * P + 1) ** 0.5 - 1) / 2)) if field == "real" else int(round(P**0.5))
+    if n < 1 or packed_size(n, field) != P:
+        raise ValueError(f"{P} packed parameters do not form a {field} matrix (n(n+1)/2 real, n² complex)")
+    return n
+
+
+def smoothing_shift(Ms, s: float):
+    """The smoothing term s·C added to every M(x), made exactly Hermitian: s·(C + Cᴴ)/2, with
+
+        C = i Σ_{i>j} [M_i, M_j] = i Σ_i [M_i, S_i],   S_i = Σ_{j<i} M_j (prefix sums; i, j over 0..p).
+
+    Ms (p+1, n, n) the full primaries (``assemble_forward`` of the packed ones) -> (n, n) complex.
+    """
+    xp = array_module(Ms)
+    S = xp.cumsum(Ms, axis=0) - Ms
+    C = 1j * (Ms @ S - S @ Ms).sum(axis=0)
+    return (0.5 * s) * (C + xp.conj(C.T))
+
+
+def smoothing_backward(Ms, s: float, G):
+    """Cotangent of the full primaries through s·C, given G = Σ_b Ā_b (the batch-summed Ā (n, n)):
+
+        M̄_k = i s [Σ_{j<k} M_j − Σ_{j>k} M_j, G]   (Hermitian, since G and the M_j are),
+
+    from dC = i Σ_k [dM_k, S_k] + i Σ_k [M_k, Σ_{j<k} dM_j]. Ms (p+1, n, n) -> M̄ (p+1, n, n); the caller
+    projects it onto the parameters with ``assemble_backward``.
+    """
+    xp = array_module(Ms)
+    below = xp.cumsum(Ms, axis=0) - Ms
+    above = Ms.sum(axis=0) - below - Ms
+    D = below - above
+    return (1j * s) * (D @ G - G @ D)
+
 
 def assemble_forward_cuda(Mp, n: int, field: str):
     """RawKernel version of assemble_forward (kernels/assemble.cu): Mp (B, P) float32/float64 on the
     device -> M (B, n, n), real (field "real") or complex64/complex128 (field "complex")."""
-    from . import _cuda
-
     xp = array_module(Mp)
     if Mp.ndim != 2 or Mp.shape[1] != packed_size(n, field):
         raise ValueError(f"Mp must be (B, {packed_size(n, field)}) for n={n}, field={field!r}; got {Mp.shape}")
@@ -149,8 +186,6 @@ def assemble_forward_cuda(Mp, n: int, field: str):
 
 def assemble_backward_cuda(Abar, n: int, field: str):
     """RawKernel version of assemble_backward: Ā (B, n, n) on the device -> (B, P) real cotangent."""
-    from . import _cuda
-
     xp = array_module(Abar)
     if Abar.ndim != 3 or Abar.shape[1:] != (n, n):
         raise ValueError(f"Abar must be (B, {n}, {n}); got {Abar.shape}")
