@@ -1,4 +1,4 @@
-"""Reference data sets that ship with the machine (DESIGN.md §6).
+"""Reference data sets that ship with the machine (docs/DESIGN.md §6).
 
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist``, which installs the original
 IDX files, gzip-compressed, under /usr/share/datasets/fashion-mnist:

@@ -131,15 +131,40 @@ def fit_scaler(A, kind):
     return off, np.where(sc > 1e-12 * np.maximum(1, np.abs(off)), sc, 1.0)
 
 
+# The constructor arguments, listed once: those passed on to AffineObservablePMM (random_state as its
+# seed), then the training and preprocessing ones. Each estimator's __init__ takes exactly these
+# keywords (plus its own) with these defaults and stores them unchanged (the sklearn convention).
+MODEL_ARGS = dict(n=6, n_eig=None, n_secondaries=1, which="LM", form="transition", centered=True, bias=True,
+                  eta=1e-4, field="complex", init_scale=1.0, dtype="float64", device="auto")
+COMMON_ARGS = dict(**MODEL_ARGS, epochs=200, batch_size=32, lr=0.01, schedule="cosine", validation_fraction=0.0,
+                   patience=None, random_state=0, verbose=False, predict_batch_size=65536, input_scaling="standard")
+
+
+def _keyword_init(defaults: dict):
+    """An ``__init__(self, *, name=default, ...)`` that stores every argument under its own name; its
+    signature lists the arguments, so sklearn's get_params/clone introspect it as usual."""
+    def __init__(self, **params):
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {unknown}; "
+                            f"valid: {sorted(defaults)}")
+        for name, default in defaults.items():
+            setattr(self, name, params.get(name, default))
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    __init__.__signature__ = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(name, kw, default=value) for name, value in defaults.items()])
+    return __init__
+
+
 class _PMMEstimator(_Base):
     """Shared fit/save/load logic; the subclasses define the targets and the outputs."""
 
     _loss: str
 
     def _model_params(self) -> dict:
-        return dict(n=self.n, n_eig=self.n_eig, n_secondaries=self.n_secondaries, which=self.which, form=self.form,
-                    centered=self.centered, bias=self.bias, eta=self.eta, field=self.field, dtype=self.dtype,
-                    device=self.device, seed=self.random_state, init_scale=self.init_scale)
+        return {**{k: getattr(self, k) for k in MODEL_ARGS}, "seed": self.random_state}
 
     def _validate_X(self, X, reset: bool):
         if HAVE_SKLEARN:
@@ -251,17 +276,7 @@ class PMMRegressor(_RegressorMixin, _PMMEstimator):
     """ + _COMMON_DOC + """    loss: "mse", "mae" or "huber"; target_scaling: "standard", "minmax" or None.
     """
 
-    def __init__(self, n=6, n_eig=None, n_secondaries=1, which="LM", form="transition", centered=True, bias=True,
-                 eta=1e-4, field="complex", init_scale=1.0, dtype="float64", device="auto", epochs=200,
-                 batch_size=32, lr=0.01, schedule="cosine", validation_fraction=0.0, patience=None,
-                 random_state=0, verbose=False, predict_batch_size=65536, input_scaling="standard",
-                 target_scaling="standard", loss="mse"):
-        self.n, self.n_eig, self.n_secondaries, self.which, self.form = n, n_eig, n_secondaries, which, form
-        self.centered, self.bias, self.eta, self.field, self.init_scale = centered, bias, eta, field, init_scale
-        self.dtype, self.device, self.epochs, self.batch_size, self.lr = dtype, device, epochs, batch_size, lr
-        self.schedule, self.validation_fraction, self.patience = schedule, validation_fraction, patience
-        self.random_state, self.verbose, self.predict_batch_size = random_state, verbose, predict_batch_size
-        self.input_scaling, self.target_scaling, self.loss = input_scaling, target_scaling, loss
+    __init__ = _keyword_init({**COMMON_ARGS, "target_scaling": "standard", "loss": "mse"})
 
     @property
     def _loss(self):
@@ -313,16 +328,7 @@ class PMMClassifier(_ClassifierMixin, _PMMEstimator):
 
     _loss = "cross_entropy"
 
-    def __init__(self, n=6, n_eig=None, n_secondaries=1, which="LM", form="transition", centered=True, bias=True,
-                 eta=1e-4, field="complex", init_scale=1.0, dtype="float64", device="auto", epochs=200,
-                 batch_size=32, lr=0.01, schedule="cosine", validation_fraction=0.0, patience=None,
-                 random_state=0, verbose=False, predict_batch_size=65536, input_scaling="standard"):
-        self.n, self.n_eig, self.n_secondaries, self.which, self.form = n, n_eig, n_secondaries, which, form
-        self.centered, self.bias, self.eta, self.field, self.init_scale = centered, bias, eta, field, init_scale
-        self.dtype, self.device, self.epochs, self.batch_size, self.lr = dtype, device, epochs, batch_size, lr
-        self.schedule, self.validation_fraction, self.patience = schedule, validation_fraction, patience
-        self.random_state, self.verbose, self.predict_batch_size = random_state, verbose, predict_batch_size
-        self.input_scaling = input_scaling
+    __init__ = _keyword_init(COMMON_ARGS)
 
     def fit(self, X, y):
         """Fit on X (N, p) and class labels y (N,) of any hashable type; returns self."""

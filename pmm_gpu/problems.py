@@ -1,4 +1,4 @@
-"""Built-in physics problems with exact truth from exact diagonalisation (DESIGN.md §6)."""
+"""Built-in physics problems with exact truth from exact diagonalisation (docs/DESIGN.md §6)."""
 from __future__ import annotations
 
 import functools
