@@ -1,6 +1,6 @@
 // assemble.cu: packed real parameters <-> batches of real-symmetric / complex-Hermitian matrices.
 //
-// Contract (pmm_gpu/assemble.py holds the NumPy reference): per sample b, Mp[b] has P real entries,
+// Contract (pmm_gpu/ops/assemble.py holds the NumPy reference): per sample b, Mp[b] has P real entries,
 //   a_t   t < T = n(n+1)/2: upper triangle i <= j, row-major         M_ij = M_ji = a_t
 //   b_u   u < n(n-1)/2 (complex field only, P = n²): strict upper i < j, row-major
 //                                                                    M_ij = a + i·b,  M_ji = a − i·b
@@ -10,19 +10,14 @@
 // field and cplx<R> for the complex field.
 #include "common.cuh"
 
-// Offset of row i in the row-major upper triangle (diagonal included) of an n×n matrix:
-// rows r < i hold n − r entries each.
-__device__ __forceinline__ long long triu_start(long long i, long long n) {
-  return i * n - i * (i - 1) / 2;
-}
-
-// Inverse of t = triu_start(i, n) + (j − i): the row solves i² − (2n+1)i + 2t = 0; the square root
-// is rounded, so the integer fix-ups make the result exact.
-__device__ __forceinline__ void triu_decode(long long t, long long n, long long& i, long long& j) {
+// Inverse of t = triu_start(i, n) + (j − i) (common.cuh): the row solves i² − (2n+1)i + 2t = 0; the
+// square root is rounded, so the integer fix-ups make the result exact. I: the index type.
+template <class I>
+__device__ __forceinline__ void triu_decode(I t, I n, I& i, I& j) {
   const double c = 2.0 * n + 1.0;
-  i = (long long)((c - sqrt(c * c - 8.0 * t)) / 2);
+  i = (I)((c - sqrt(c * c - 8.0 * t)) / 2);
   while (i > 0 && triu_start(i, n) > t) --i;
-  while (triu_start(i + 1, n) <= t) ++i;
+  while (triu_start(I(i + 1), n) <= t) ++i;
   j = i + (t - triu_start(i, n));
 }
 
@@ -34,19 +29,20 @@ __global__ void assemble_forward(const R* __restrict__ Mp,  // (B, P)
                                  long long B, long long n) {
   const long long nn = n * n, T = n * (n + 1) / 2;
   const long long P = is_cplx<S>::value ? nn : T;
-  for (long long e = grid_index(); e < B * nn; e += grid_stride()) {
-    const long long b = e / nn, i = e % nn / n, j = e % n;
-    const long long lo = i < j ? i : j, hi = i < j ? j : i;  // the stored (upper) entry
+  grid_stride_for(B * nn, [&](auto e) {
+    using I = decltype(e);  // unsigned or long long (common.cuh)
+    const I b = e / I(nn), i = e % I(nn) / I(n), j = e % I(n);
+    const I lo = i < j ? i : j, hi = i < j ? j : i;  // the stored (upper) entry
     const R* p = Mp + b * P;
-    const R a = p[triu_start(lo, n) + (hi - lo)];
+    const R a = p[triu_start(lo, I(n)) + (hi - lo)];
     R im = R(0);
     if (is_cplx<S>::value && lo != hi) {
       // Strict upper triangle of n = upper triangle of n − 1 with j shifted by one.
-      const R bij = p[T + triu_start(lo, n - 1) + (hi - lo - 1)];
+      const R bij = p[T + triu_start(lo, I(n - 1)) + (hi - lo - 1)];
       im = i < j ? bij : -bij;
     }
     M[e] = make_elem<S>::of(a, im);
-  }
+  });
 }
 
 // Adjoint under dL = Re tr(Āᴴ dM): grad (B, P) from Ā (B, n, n), one thread per packed entry,
@@ -57,20 +53,21 @@ __global__ void assemble_backward(const S* __restrict__ Abar,  // (B, n, n)
                                   long long B, long long n) {
   const long long nn = n * n, T = n * (n + 1) / 2;
   const long long P = is_cplx<S>::value ? nn : T;
-  for (long long e = grid_index(); e < B * P; e += grid_stride()) {
-    const long long b = e / P, q = e % P;
+  grid_stride_for(B * P, [&](auto e) {
+    using I = decltype(e);
+    const I b = e / I(P), q = e % I(P);
     const S* A = Abar + b * nn;
-    long long i, j;
+    I i, j;
     R g;
-    if (q < T) {
-      triu_decode(q, n, i, j);
+    if (q < I(T)) {
+      triu_decode(q, I(n), i, j);
       g = re_part(A[i * n + j]);
       if (i != j) g += re_part(A[j * n + i]);  // the diagonal appears once in M
     } else {
-      triu_decode(q - T, n - 1, i, j);
+      triu_decode(I(q - I(T)), I(n - 1), i, j);
       ++j;
       g = im_part(A[i * n + j]) - im_part(A[j * n + i]);
     }
     grad[e] = g;
-  }
+  });
 }

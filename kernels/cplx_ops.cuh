@@ -16,6 +16,7 @@ template <class T> __device__ __host__ __forceinline__ cplx<T> operator*(cplx<T>
 template <class T> __device__ __host__ __forceinline__ cplx<T> operator*(T s, cplx<T> a) {
   return {s * a.re, s * a.im};
 }
+template <class T> __device__ __host__ __forceinline__ cplx<T> operator-(cplx<T> a) { return {-a.re, -a.im}; }
 
 // Complex conjugate (identity on reals), and conj(a)·b, the term of a Hermitian inner product.
 template <class T> __device__ __host__ __forceinline__ T conj_of(T a) { return a; }

@@ -2,7 +2,7 @@
 // (the solver, its design and measurements: jacobi.cuh).
 //
 // Both kernels write the sorted eigenvalues w and k eigenvectors chosen in the kernel by
-// eigen.select_indices' rule (which: 0 SA, 1 LA, 2 SM, 3 LM, 4 EA, 5 EM, 6 IA, 7 IM):
+// ops.eigh.select_indices' rule (which: 0 SA, 1 LA, 2 SM, 3 LM, 4 EA, 5 EM, 6 IA, 7 IM):
 //   k = n, which = SA: every eigenvector, V[b, :, j] the j-th (numpy.linalg.eigh layout; training);
 //   k = r:             V_S (B, n, r) = V[b][:, select_indices(w, r, which)] (inference);
 //   k = 0:             eigenvalues only (AE-PMM inference).
@@ -26,7 +26,7 @@ __global__ void eigh_jacobi(const S* __restrict__ M,  // (B, n, n), lower triang
 }
 
 // Fused assemble + eigh: M(x_b) = P_0 + Σ_i x_bi P_i formed in shared memory from the packed
-// primaries (pmm_gpu/assemble.py contract: X1 @ Pp, then assemble_forward), then diagonalised.
+// primaries (pmm_gpu/ops/assemble.py contract: X1 @ Pp, then assemble_forward), then diagonalised.
 template <class R, class S>
 __global__ void eigh_jacobi_assemble(const R* __restrict__ x,   // (B, p)
                                      const R* __restrict__ Pp,  // (p + 1, P) packed primaries

@@ -24,15 +24,23 @@
 //   - the matrix is first scaled by a power of two (exact) so that max|a_ij| ∈ [1/2, 1): squared
 //     norms cannot overflow or underflow; eigenvalues are scaled back exactly.
 //   - convergence: before each sweep, off(A)² = Σ_{i≠j} |a_ij|² is compared with tol²·‖A‖_F² (‖A‖_F
-//     is invariant under the rotations, computed once). A sweep cap bounds the work; a matrix that
-//     misses it (or holds NaN/Inf) gets sweeps[b] = −1, so non-convergence is seen on the device.
-//     Measured on the emulator (profiling/results/jacobi-sweeps.md): random matrices converge
-//     quadratically (<= 9 sweeps at n = 32), exactly degenerate / tightly clustered spectra only
-//     linearly in this parallel order (up to ~45 sweeps at n = 32), hence the launcher's cap of 60.
+//     is invariant under the rotations, computed once). A pair with |a_pq| <= tol·‖A‖_F/n is not
+//     rotated, a_pq is just set to 0: zeroing every such entry changes A by at most
+//     tol·‖A‖_F·sqrt(n(n−1))/n < tol·‖A‖_F (Frobenius), which the stopping test accepts anyway, so
+//     accuracy is unchanged. Without the skip, rounding-level entries between equal diagonal entries
+//     (a degenerate cluster: θ ≈ 0, a 45° rotation) were rotated every sweep, mixing rows and
+//     columns p, q wholesale, and such spectra converged only linearly. The test is normwise, like
+//     the stopping test and the accuracy the tests require; the relative |a_pq| <= eps·sqrt(|a_pp
+//     a_qq|) of high-relative-accuracy Jacobi would never skip within a cluster at eigenvalue 0.
+//     A sweep cap bounds the work; a matrix that misses it (or holds NaN/Inf) gets sweeps[b] = −1,
+//     so non-convergence is seen on the device. Measured on the strict emulator with FMA
+//     contraction (profiling/results/jacobi-sweeps.md, 64 matrices per cell): at n = 32 random
+//     matrices need <= 8 sweeps, exactly degenerate or tightly clustered spectra <= 16 (<= 37 before
+//     the skip), far below the launcher's cap (MAX_SWEEPS, pmm_gpu/ops/jacobi.py).
 //   - eigenvalues sorted ascending by a rank sort (n <= 32 comparisons per thread, NaN last);
 //     eigenvectors are the columns of V in the numpy.linalg.eigh layout: V[b, :, j] is the j-th.
 //   - the kernels write eigenvectors only as far as the caller needs them: k columns chosen in the
-//     kernel by eigen.select_indices' rule (select() below; k = n with "SA" is the full sorted V,
+//     kernel by ops.eigh.select_indices' rule (select() below; k = n with "SA" is the full sorted V,
 //     training; k = r selected for inference; k = 0 eigenvalues only), or none at all where the
 //     outputs are computed in the same launch (jacobi_observable.cu).
 // M is read from its lower triangle (numpy.linalg.eigh's default UPLO='L'); the diagonal's imaginary
@@ -41,17 +49,14 @@
 // Template arguments: R the real type (float, double); S the element type, R or cplx<R>.
 // Used by kernels/jacobi.cu and kernels/jacobi_observable.cu.
 #pragma once
-#include "common.cuh"
+#include "cplx_ops.cuh"
 
 #define JACOBI_NMAX 32           // largest n; the shared arrays are sized for it
 #define JACOBI_MAX_THREADS 256   // largest blockDim.x (size of the reduction scratch)
 
 namespace jac {
 
-template <class R> __device__ __forceinline__ R conj(R a) { return a; }
-template <class R> __device__ __forceinline__ cplx<R> conj(cplx<R> a) { return {a.re, -a.im}; }
-template <class R> __device__ __forceinline__ R abs2(R a) { return a * a; }
-template <class R> __device__ __forceinline__ R abs2(cplx<R> a) { return a.re * a.re + a.im * a.im; }
+// Complex arithmetic (+, −, ·, conj_of, abs2): cplx_ops.cuh. Here only what the rotations need.
 template <class R> __device__ __forceinline__ R absmax(R a) { return fabs(a); }
 template <class R> __device__ __forceinline__ R absmax(cplx<R> a) {
   return fabs(a.re) > fabs(a.im) ? fabs(a.re) : fabs(a.im);
@@ -74,10 +79,6 @@ template <class R> __device__ __forceinline__ void polar(cplx<R> a, R& g, cplx<R
   g = m * h;
   ph = {x / h, y / h};
 }
-template <class R> __device__ __forceinline__ R mul(R a, R b) { return a * b; }
-template <class R> __device__ __forceinline__ cplx<R> mul(cplx<R> a, cplx<R> b) {
-  return {a.re * b.re - a.im * b.im, a.re * b.im + a.im * b.re};
-}
 // x + s·(u − τ·x): every rotation update, in the form that rounds least (c = 1 − sτ, τ = s/(1+c)).
 template <class R> __device__ __forceinline__ R step(R x, R u, R s, R tau) { return x + s * (u - tau * x); }
 template <class R> __device__ __forceinline__ cplx<R> step(cplx<R> x, cplx<R> u, R s, R tau) {
@@ -87,8 +88,6 @@ template <class R> __device__ __forceinline__ R scale2(R a, int e) { return ldex
 template <class R> __device__ __forceinline__ cplx<R> scale2(cplx<R> a, int e) {
   return {ldexp(a.re, e), ldexp(a.im, e)};
 }
-template <class R> __device__ __forceinline__ cplx<R> neg(cplx<R> a) { return {-a.re, -a.im}; }
-template <class R> __device__ __forceinline__ R neg(R a) { return -a; }
 
 // Strict weak order for the eigenvalue sort: NaN after everything, NaNs equivalent.
 template <class R> __device__ __forceinline__ bool before(R a, R b) { return a < b || (a == a && b != b); }
@@ -99,9 +98,6 @@ __device__ __forceinline__ void pair(int r, int k, int m, int& p, int& q) {
   p = a < b ? a : b;
   q = a < b ? b : a;
 }
-
-// Offset of row i of the row-major upper triangle (diagonal included) of an n×n matrix (assemble.cu).
-__device__ __forceinline__ long long triu_start(long long i, long long n) { return i * n - i * (i - 1) / 2; }
 
 template <class R, class S>
 struct Smem {
@@ -161,6 +157,7 @@ __device__ void solve(Smem<R, S>& sh, int n, int max_sweeps, R tol, int* __restr
   }
   fro2 = block_reduce<false>(fro2, sh.red);  // its barriers also publish the scaled A
   const R bound = tol * tol * fro2;
+  const R skip = tol * sqrt(fro2) / R(n);  // |a_pq| <= skip: no rotation, only a_pq := 0 (file head)
 
   int sweep = 0;
   bool converged = false;
@@ -185,7 +182,7 @@ __device__ void solve(Smem<R, S>& sh, int n, int max_sweeps, R tol, int* __restr
         R g, s = R(0), tau = R(0), t = R(0);
         S ph;
         polar(apq, g, ph);
-        if (g > R(0)) {
+        if (g > skip) {
           const R theta = (aqq - app) / (R(2) * g);
           t = R(1) / (fabs(theta) + sqrt(theta * theta + R(1)));  // 0 if θ² overflows
           if (theta < R(0)) t = -t;
@@ -208,8 +205,8 @@ __device__ void solve(Smem<R, S>& sh, int n, int max_sweeps, R tol, int* __restr
         if (q >= n) continue;
         const R s = sh.s[k], tau = sh.tau[k];
         const S ph = sh.ph[k], ap = sh.A[p][j], aq = sh.A[q][j];
-        sh.A[p][j] = step(ap, neg(mul(ph, aq)), s, tau);
-        sh.A[q][j] = step(aq, mul(conj(ph), ap), s, tau);
+        sh.A[p][j] = step(ap, -(ph * aq), s, tau);
+        sh.A[q][j] = step(aq, conj_of(ph) * ap, s, tau);
       }
       __syncthreads();
       // (3) columns p, q of A <- A J and V <- V J:  x_ip' = c x_ip − s ē x_iq,  x_iq' = c x_iq + s e x_ip.
@@ -219,21 +216,21 @@ __device__ void solve(Smem<R, S>& sh, int n, int max_sweeps, R tol, int* __restr
         pair(r, k, m, p, q);
         if (q >= n) continue;
         const R s = sh.s[k], tau = sh.tau[k];
-        const S ph = sh.ph[k], phb = conj(ph);
+        const S ph = sh.ph[k], phb = conj_of(ph);
         if (i == p) {
           sh.A[p][p] = make_elem<S>::of(sh.dpp[k], R(0));
-          sh.A[p][q] = make_elem<S>::of(R(0), R(0));
+          sh.A[p][q] = zero_elem<S>();
         } else if (i == q) {
-          sh.A[q][p] = make_elem<S>::of(R(0), R(0));
+          sh.A[q][p] = zero_elem<S>();
           sh.A[q][q] = make_elem<S>::of(sh.dqq[k], R(0));
         } else {
           const S ap = sh.A[i][p], aq = sh.A[i][q];
-          sh.A[i][p] = step(ap, neg(mul(phb, aq)), s, tau);
-          sh.A[i][q] = step(aq, mul(ph, ap), s, tau);
+          sh.A[i][p] = step(ap, -(phb * aq), s, tau);
+          sh.A[i][q] = step(aq, ph * ap, s, tau);
         }
         const S vp = sh.V[i][p], vq = sh.V[i][q];
-        sh.V[i][p] = step(vp, neg(mul(phb, vq)), s, tau);
-        sh.V[i][q] = step(vq, mul(ph, vp), s, tau);
+        sh.V[i][p] = step(vp, -(phb * vq), s, tau);
+        sh.V[i][q] = step(vq, ph * vp, s, tau);
       }
       __syncthreads();
     }
@@ -256,7 +253,7 @@ __device__ void solve(Smem<R, S>& sh, int n, int max_sweeps, R tol, int* __restr
   __syncthreads();
 }
 
-// The k eigenvectors that eigen.select_indices(w, k, WHICH[which]) picks, in its order:
+// The k eigenvectors that ops.eigh.select_indices(w, k, WHICH[which]) picks, in its order:
 // sh.sel[s] = the column of sh.V of the s-th. which: 0 SA, 1 LA, 2 SM, 3 LM, 4 EA, 5 EM, 6 IA, 7 IM.
 // The key is λ (*A: the ascending order itself) or |λ| (*M: a rank sort by (|λ|, position), which
 // is numpy's stable argsort of |w|, NaN last); then S: the first k by the key, L: the last k,
@@ -303,11 +300,11 @@ __device__ void load(Smem<R, S>& sh, const S* __restrict__ Mb, int n) {
     if (i < j) continue;
     const S a = Mb[e];
     sh.A[i][j] = i == j ? make_elem<S>::of(re_part(a), R(0)) : a;
-    sh.A[j][i] = conj(sh.A[i][j]);
+    sh.A[j][i] = conj_of(sh.A[i][j]);
   }
 }
 
-// sh.A <- M(x_b) = P_0 + Σ_i x_bi P_i from the packed primaries Pp (p + 1, P) (pmm_gpu/assemble.py
+// sh.A <- M(x_b) = P_0 + Σ_i x_bi P_i from the packed primaries Pp (p + 1, P) (pmm_gpu/ops/assemble.py
 // contract: X1 @ Pp, then assemble_forward), summed in order one entry at a time. No barrier.
 template <class R, class S>
 __device__ void load_assembled(Smem<R, S>& sh, const R* __restrict__ xb, const R* __restrict__ Pp, int n,
@@ -316,7 +313,7 @@ __device__ void load_assembled(Smem<R, S>& sh, const R* __restrict__ xb, const R
   for (int e = threadIdx.x; e < nn; e += blockDim.x) {
     const int i = e / n, j = e % n;  // the lower entry (i, j) = the packed upper entry (j, i)
     if (i < j) continue;
-    const long long ta = triu_start(j, n) + (i - j);
+    const long long ta = triu_start(j, n) + (i - j);  // int: at most n(n+1)/2
     R a = Pp[ta], im = R(0);
     for (long long k = 0; k < p; ++k) a += xb[k] * Pp[(k + 1) * P + ta];
     if (is_cplx<S>::value && i != j) {

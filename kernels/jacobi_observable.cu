@@ -4,18 +4,13 @@
 //   t_bk = ‖Q_k‖_F² (form 0, transition)  or  Re tr Q_k (form 1, expectation),  Q_k = V_Sᴴ D_k V_S.
 // No eigenvector leaves the block: only t (B, K) and the sweep counts are written. This is the
 // inference path (no reverse mode: training needs V, DV and Q, see observable.cu); centering and
-// bias are x-independent and stay in Python (pmm_gpu/observable.py), as does the assembly of the
+// bias are x-independent and stay in Python (pmm_gpu/ops/observable.py), as does the assembly of the
 // K = n_outputs·n_secondaries full secondaries D (once per call, not per sample).
 // Per (b, k), after the solve, barrier-separated: (a) DV = D_k V_S (n×r) into sh.A, which the solve
 // no longer needs, one thread per (i, s); (b) each thread sums its share of |Q_us|² (transition,
 // one item per (u, s)) or Re Q_ss (expectation, one per s), Q_us = v_uᴴ DV_s; a block reduction
 // gives t_bk (its barriers also let the next k overwrite sh.A).
 #include "jacobi.cuh"
-
-namespace jac {
-template <class R> __device__ __forceinline__ R add(R a, R b) { return a + b; }
-template <class R> __device__ __forceinline__ cplx<R> add(cplx<R> a, cplx<R> b) { return {a.re + b.re, a.im + b.im}; }
-}  // namespace jac
 
 template <class R, class S>
 __global__ void eigh_jacobi_observable(const R* __restrict__ x,   // (B, p)
@@ -35,17 +30,17 @@ __global__ void eigh_jacobi_observable(const R* __restrict__ x,   // (B, p)
       const S* Dk = D + k * n * n;
       for (int e = tid; e < nn * rr; e += nt) {  // (a) DV = D_k V_S
         const int i = e / rr, s = e % rr, c = sh.sel[s];
-        S acc = make_elem<S>::of(R(0), R(0));
-        for (int j = 0; j < nn; ++j) acc = jac::add(acc, jac::mul(Dk[i * n + j], sh.V[j][c]));
+        S acc = zero_elem<S>();
+        for (int j = 0; j < nn; ++j) acc = acc + Dk[i * n + j] * sh.V[j][c];
         sh.A[i][s] = acc;
       }
       __syncthreads();
       R part = R(0);  // (b) this thread's share of t_bk
       for (int e = tid; e < (form == 0 ? rr * rr : rr); e += nt) {
         const int u = form == 0 ? e / rr : e, s = form == 0 ? e % rr : e, c = sh.sel[u];
-        S q = make_elem<S>::of(R(0), R(0));
-        for (int i = 0; i < nn; ++i) q = jac::add(q, jac::mul(jac::conj(sh.V[i][c]), sh.A[i][s]));
-        part += form == 0 ? jac::abs2(q) : re_part(q);
+        S q = zero_elem<S>();
+        for (int i = 0; i < nn; ++i) q = q + conj_mul(sh.V[i][c], sh.A[i][s]);
+        part += form == 0 ? abs2(q) : re_part(q);
       }
       const R tk = jac::block_reduce<false>(part, sh.red);
       if (tid == 0) t[b * K + k] = tk;

@@ -1,7 +1,7 @@
 // observable.cu: the AO-PMM observables and their reverse mode, for every sample, output and
 // secondary in one launch each (DESIGN.md §1–2).
 //
-// The NumPy references are observable_forward / observable_backward in pmm_gpu/observable.py:
+// The NumPy references are observable_forward / observable_backward in pmm_gpu/ops/observable.py:
 //   DV_k = D_k V_S (n×r),  Q_k = V_Sᴴ DV_k (r×r),  t_k = ‖Q_k‖_F² (form 0, transition)
 //                                                     or Re tr Q_k (form 1, expectation);
 //   transition:  V̄_S = Σ_k 4 t̄_k DV_k Q_k,   W_k = 2 t̄_k V_S Q_k   (D̄_k = Σ_b W_bk V_Sbᴴ, a GEMM);
@@ -23,29 +23,30 @@ __global__ void observable_forward(const S* __restrict__ V_S,  // (B, n, r) sele
   __shared__ S sDV[TILE * TILE];  // DV of the current (b, k), (n, r)
   __shared__ R sTerm[TILE * TILE];  // |Q_us|² (transition) or Re Q_uu on the diagonal (expectation)
   const long long nr = n * r, rr = r * r;
+  const int ni = (int)n, ri = (int)r;  // within a tile (n, r <= TILE): 32-bit index arithmetic
   for (long long bk = blockIdx.x; bk < B * K; bk += gridDim.x) {
     const long long b = bk / K, k = bk % K;
     const S* Vb = V_S + b * nr;
     const S* Dk = D + k * n * n;
-    for (long long e = threadIdx.x; e < nr; e += blockDim.x) {
-      const long long i = e / r, s = e % r;
+    for (int e = threadIdx.x; e < ni * ri; e += blockDim.x) {
+      const int i = e / ri, s = e % ri;
       S acc = zero_elem<S>();
-      for (long long j = 0; j < n; ++j) acc = acc + Dk[i * n + j] * Vb[j * r + s];
+      for (int j = 0; j < ni; ++j) acc = acc + Dk[i * ni + j] * Vb[j * ri + s];
       sDV[e] = acc;
       DV[bk * nr + e] = acc;
     }
     __syncthreads();
-    for (long long e = threadIdx.x; e < rr; e += blockDim.x) {
-      const long long u = e / r, s = e % r;
+    for (int e = threadIdx.x; e < ri * ri; e += blockDim.x) {
+      const int u = e / ri, s = e % ri;
       S q = zero_elem<S>();
-      for (long long i = 0; i < n; ++i) q = q + conj_mul(Vb[i * r + u], sDV[i * r + s]);
+      for (int i = 0; i < ni; ++i) q = q + conj_mul(Vb[i * ri + u], sDV[i * ri + s]);
       Q[bk * rr + e] = q;
       sTerm[e] = form == 0 ? abs2(q) : (u == s ? re_part(q) : R(0));
     }
     __syncthreads();
     if (threadIdx.x == 0) {
       R sum = R(0);
-      for (long long e = 0; e < rr; ++e) sum += sTerm[e];
+      for (int e = 0; e < ri * ri; ++e) sum += sTerm[e];
       t[bk] = sum;
     }
     __syncthreads();  // the next (b, k) overwrites sDV and sTerm
@@ -64,8 +65,9 @@ __global__ void observable_backward(const S* __restrict__ V_S,   // (B, n, r)
                                     S* __restrict__ W,           // (K, n, B, r) out (form 0)
                                     long long B, long long K, long long n, long long r, long long form) {
   const long long nr = n * r, rr = r * r;
-  for (long long e = grid_index(); e < B * nr; e += grid_stride()) {
-    const long long b = e / nr, i = e % nr / r, s = e % r;
+  grid_stride_for(B * nr, [&](auto e) {
+    using I = decltype(e);  // unsigned or long long (common.cuh)
+    const I b = e / I(nr), i = e % I(nr) / I(r), s = e % I(r);
     const S* Vb = V_S + b * nr;
     S acc = zero_elem<S>();
     for (long long k = 0; k < K; ++k) {
@@ -86,5 +88,5 @@ __global__ void observable_backward(const S* __restrict__ V_S,   // (B, n, r)
       }
     }
     Vbar_S[e] = acc;
-  }
+  });
 }

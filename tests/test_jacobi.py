@@ -182,6 +182,17 @@ def test_non_convergence_is_flagged():
     assert sweeps[0] > 0 and sweeps[1] > 0 and sweeps[2] == -1  # NaN never converges
 
 
+@pytest.mark.parametrize("field", ["real", "complex"])
+def test_repeated_eigenvalues_converge_fast(field):
+    """Exactly repeated eigenvalues at n = 32: with rotations of negligible |a_pq| (<= tol·‖A‖_F/n)
+    skipped, at most 20 sweeps (up to 37 without; profiling/results/jacobi-sweeps.md), same accuracy."""
+    rng = np.random.default_rng([32, KINDS.index("degenerate"), field == "complex", 1, 7])
+    M = batch("degenerate", rng, 32, field, np.float64, B=6)
+    w, V, sweeps = run_emulated(M)
+    check(M, w, V, sweeps, np.float64)
+    assert sweeps.max() <= 20, sweeps
+
+
 @pytest.fixture
 def emulated_loader(monkeypatch):
     """Route the launchers' kernel lookup to the emulator, so they run on NumPy arrays."""

@@ -2,8 +2,12 @@
 
 Compilers: ``nvcc -cubin`` when nvcc is on PATH, NVRTC from ``cuda-bindings`` + ``nvidia-cuda-nvrtc``
 when importable; every available one is tested. The source is exactly what ``cupy.RawModule``
-compiles (``_cuda.family_source``). ptxas's register and spill counts per instantiation are recorded
-(``record_property``, and .pytest_cache/d/pmm_gpu/resources-*.txt) and spills must be zero.
+compiles (``_cuda.family_source``). ptxas's register, spill and static shared memory counts per
+instantiation are recorded (``record_property``, and .pytest_cache/d/pmm_gpu/resources-*.txt).
+Resource checks (issue 12): no spills; static shared memory <= 48 KiB per block (sm_80/sm_90), and
+equal to what the CPU emulator finds in its own build (tests/emulator.py ``static_shared_bytes``, which
+enforces the limit on every emulated launch); registers × 256 threads (the launchers' largest block)
+within the 64 K registers of a block.
 """
 from __future__ import annotations
 
@@ -14,9 +18,13 @@ import subprocess
 
 import pytest
 
+import emulator
 from pmm_gpu import _cuda
 
 ARCHS = ("sm_80", "sm_90")
+MAX_STATIC_SHARED = 48 * 1024  # bytes per block, sm_80 and sm_90
+REGISTERS_PER_BLOCK = 64 * 1024
+MAX_LAUNCH_THREADS = 256  # the largest block any launcher uses (_cuda.BLOCK, jacobi MAX_THREADS, _vjp_block)
 FAMILIES = sorted({k.family for k in _cuda.KERNELS.values()})
 
 
@@ -62,8 +70,9 @@ def compile_nvrtc(family: str, arch: str, tmp_path) -> str:
     return log
 
 
-def resource_usage(log: str) -> dict[str, tuple[int, int, int]]:
-    """{mangled kernel: (registers, spill-store bytes, spill-load bytes)} from a ``ptxas -v`` log."""
+def resource_usage(log: str) -> dict[str, tuple[int, int, int, int]]:
+    """{mangled kernel: (registers, spill-store bytes, spill-load bytes, static shared bytes)} from a
+    ``ptxas -v`` log."""
     usage, name, spills = {}, None, (0, 0)
     for line in log.splitlines():
         if m := re.search(r"Compiling entry function '(\w+)'", line):
@@ -71,7 +80,8 @@ def resource_usage(log: str) -> dict[str, tuple[int, int, int]]:
         elif m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line):
             spills = (int(m.group(1)), int(m.group(2)))
         elif (m := re.search(r"Used (\d+) registers", line)) and name:
-            usage[name] = (int(m.group(1)), *spills)
+            smem = re.search(r"(\d+) bytes smem", line)
+            usage[name] = (int(m.group(1)), *spills, int(smem.group(1)) if smem else 0)
             name = None
     return usage
 
@@ -91,8 +101,22 @@ def test_kernels_compile(compiler, family, arch, tmp_path, record_property, requ
     log = (compile_nvcc if compiler == "nvcc" else compile_nvrtc)(family, arch, tmp_path)
     usage = resource_usage(log)
     assert len(usage) == len(_cuda.name_expressions(family)), f"expected every instantiation in:\n{log}"
-    rows = [f"{arch} {compiler} {regs:3d} regs, spills {st}/{ld} B  {name}"
-            for name, (regs, st, ld) in zip(_demangle(list(usage)), usage.values())]
+    names = _demangle(list(usage))
+    rows = [f"{arch} {compiler} {regs:3d} regs, spills {st}/{ld} B, {smem:5d} B smem  {name}"
+            for name, (regs, st, ld, smem) in zip(names, usage.values())]
     record_property(f"resources-{compiler}-{family}-{arch}", "\n".join(rows))
     (request.config.cache.mkdir("pmm_gpu") / f"resources-{compiler}-{family}-{arch}.txt").write_text("\n".join(rows) + "\n")
-    assert all(st == ld == 0 for _, st, ld in usage.values()), "\n".join(rows)
+    assert all(st == ld == 0 for _, st, ld, _ in usage.values()), "\n".join(rows)
+    assert all(smem <= MAX_STATIC_SHARED for *_, smem in usage.values()), "\n".join(rows)
+    assert all(regs * MAX_LAUNCH_THREADS <= REGISTERS_PER_BLOCK for regs, *_ in usage.values()), "\n".join(rows)
+    # the CPU emulator measures the same static shared memory (so it enforces the real limit)
+    if not shutil.which("c++filt"):
+        return
+    emu = emulator.family(family)
+    by_expression = {"".join(k.expression(t).split()): (k.name, t) for k in emu.kernels for t in k.instances}
+    smem = {"".join(name.removeprefix("void ").split("(")[0].split()): u[3] for name, u in zip(names, usage.values())}
+    assert smem.keys() == by_expression.keys()
+    for expression, (kernel, targs) in by_expression.items():
+        assert emu.static_shared_bytes(kernel, targs) == smem[expression], expression
+    if family == "eigen_vjp":  # three 32×32 tiles of complex double: exactly the limit
+        assert smem["eigh_vjp<double,cplx<double>,32>"] == MAX_STATIC_SHARED

@@ -31,11 +31,11 @@ from .observable import FORMS  # the kernel's `form` codes likewise
 
 NMAX = 32  # largest n the kernel holds (kernels/jacobi.cu: JACOBI_NMAX)
 MAX_THREADS = 256  # largest block (kernels/jacobi.cu: JACOBI_MAX_THREADS)
-# Sweep cap. Random matrices need <= 9 sweeps at n = 32, but exactly degenerate or tightly clustered
-# spectra converge only linearly in the round-robin order (up to ~45 sweeps at n = 32, float64; see
-# profiling/results/jacobi-sweeps.md). The cap costs nothing for matrices that converge earlier:
-# each block stops on its own.
-MAX_SWEEPS = 60
+# Sweep cap. With the rotation threshold (kernels/jacobi.cuh) random matrices need <= 8 sweeps at
+# n = 32 and repeated or clustered spectra <= 17 (profiling/results/jacobi-sweeps.md, strict FMA
+# emulator, 512 matrices per cell); 30 leaves a 1.8x margin and bounds how long a matrix that never
+# converges (NaN input) holds its multiprocessor. Matrices that converge earlier stop on their own.
+MAX_SWEEPS = 30
 
 
 def default_threads(n: int) -> int:
