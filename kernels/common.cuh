@@ -1,7 +1,7 @@
 // common.cuh: the plain complex type and the index helpers shared by the pmm_gpu kernels.
 //
 // Kept free of CUDA headers and of the standard library so that one source compiles three ways:
-// NVRTC (cupy.RawModule), nvcc, and g++ through tests/emu/cuda_emu.h (DESIGN.md §4).
+// NVRTC (cupy.RawModule), nvcc, and g++ through tests/emu/cuda_emu.h (docs/DESIGN.md §4).
 #pragma once
 
 // Layout-compatible with numpy complex64 / complex128 (two packed reals, real part first). The

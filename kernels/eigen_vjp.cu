@@ -1,4 +1,4 @@
-// eigen_vjp.cu: reverse mode of the batched Hermitian eigendecomposition (DESIGN.md §2).
+// eigen_vjp.cu: reverse mode of the batched Hermitian eigendecomposition (docs/DESIGN.md §2).
 //
 // The NumPy references are eigh_vjp / eigvals_vjp in pmm_gpu/ops/eigh.py; same contract:
 //   eigh_vjp:     Ā = H( V (F_S ∘ (Vᴴ V̄_S)) V_Sᴴ ),  F_is = Δ/(Δ² + η²), Δ = λ_s − λ_i (s ∈ S = idx),

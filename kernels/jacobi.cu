@@ -28,7 +28,7 @@ __global__ void eigh_jacobi(const S* __restrict__ M,  // (B, n, n), lower triang
 // Fused assemble + eigh: M(x_b) = P_0 + Σ_i x_bi P_i formed in shared memory from the packed
 // primaries (pmm_gpu/ops/assemble.py contract: X1 @ Pp, then assemble_forward), then diagonalised.
 template <class R, class S>
-__global__ void eigh_jacobi_assemble(const R* __restrict__ x,   // (B, p)
+__global__ void assemble_eigh_jacobi(const R* __restrict__ x,   // (B, p)
                                      const R* __restrict__ Pp,  // (p + 1, P) packed primaries
                                      R* __restrict__ w,         // (B, n) ascending
                                      S* __restrict__ V,         // (B, n, k) the selected eigenvectors

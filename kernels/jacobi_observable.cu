@@ -13,7 +13,7 @@
 #include "jacobi.cuh"
 
 template <class R, class S>
-__global__ void eigh_jacobi_observable(const R* __restrict__ x,   // (B, p)
+__global__ void assemble_eigh_observable_jacobi(const R* __restrict__ x,   // (B, p)
                                        const R* __restrict__ Pp,  // (p + 1, P) packed primaries
                                        const S* __restrict__ D,   // (K, n, n) Hermitian secondaries
                                        R* __restrict__ t,         // (B, K) observables

@@ -1,5 +1,5 @@
 // observable.cu: the AO-PMM observables and their reverse mode, for every sample, output and
-// secondary in one launch each (DESIGN.md §1–2).
+// secondary in one launch each (docs/DESIGN.md §1–2).
 //
 // The NumPy references are observable_forward / observable_backward in pmm_gpu/ops/observable.py:
 //   DV_k = D_k V_S (n×r),  Q_k = V_Sᴴ DV_k (r×r),  t_k = ‖Q_k‖_F² (form 0, transition)

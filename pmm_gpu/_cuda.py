@@ -69,11 +69,11 @@ KERNELS = {k.name: k for k in (
            (("M", "const S*"), ("w", "R*"), ("V", "S*"), ("sweeps", "int*"), ("B", "long long"),
             ("n", "long long"), ("k", "long long"), ("which", "long long"), ("max_sweeps", "long long"),
             ("tol", "double")), _FIELD_PAIRS),
-    Kernel("jacobi", "eigh_jacobi_assemble", ("R", "S"),
+    Kernel("jacobi", "assemble_eigh_jacobi", ("R", "S"),
            (("x", "const R*"), ("Pp", "const R*"), ("w", "R*"), ("V", "S*"), ("sweeps", "int*"),
             ("B", "long long"), ("n", "long long"), ("p", "long long"), ("k", "long long"),
             ("which", "long long"), ("max_sweeps", "long long"), ("tol", "double")), _FIELD_PAIRS),
-    Kernel("jacobi_observable", "eigh_jacobi_observable", ("R", "S"),
+    Kernel("jacobi_observable", "assemble_eigh_observable_jacobi", ("R", "S"),
            (("x", "const R*"), ("Pp", "const R*"), ("D", "const S*"), ("t", "R*"), ("sweeps", "int*"),
             ("B", "long long"), ("n", "long long"), ("p", "long long"), ("K", "long long"), ("r", "long long"),
             ("which", "long long"), ("form", "long long"), ("max_sweeps", "long long"), ("tol", "double")),
@@ -151,14 +151,20 @@ def tile_for(n: int) -> int | None:
 def get_kernel(name: str, *dtypes):
     """The compiled instantiation of ``name`` whose template arguments are the C types of ``dtypes``
     (one dtype, or an int for a size parameter, per template parameter), on the current device;
-    a ``cupy.RawKernel``."""
+    a ``cupy.RawKernel``, made once per (name, dtypes, device) and then reused: a launch costs no
+    module lookup (``RawModule.get_function`` asks the driver for the function every time)."""
     import cupy
 
+    return _kernel(name, dtypes, cupy.cuda.Device().id)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(name: str, dtypes: tuple, device_id: int):
     kernel = KERNELS[name]
     targs = template_args(dtypes)
     if targs not in kernel.instances:
         raise TypeError(f"{name} has no instantiation for dtypes {[str(np.dtype(d)) for d in dtypes]}")
-    return _module(kernel.family, cupy.cuda.Device().id).get_function(kernel.expression(targs))
+    return _module(kernel.family, device_id).get_function(kernel.expression(targs))
 
 
 # --- launch geometry: the one place grids and blocks are sized ---------------------------------------

@@ -224,7 +224,7 @@ def test_default_threads():
 @pytest.mark.parametrize("field", ["real", "complex"])
 @pytest.mark.parametrize("n,p", [(1, 2), (4, 0), (7, 3), (16, 2)])
 def test_fused_assemble_emulated(n, p, field, real, emulated_loader):
-    """eigh_jacobi_assemble == eigh of assemble_forward(X1 @ Pp): same spectrum, V Λ Vᴴ = M(x)."""
+    """assemble_eigh_jacobi == eigh of assemble_forward(X1 @ Pp): same spectrum, V Λ Vᴴ = M(x)."""
     rng = np.random.default_rng([n, p, field == "complex"])
     B = 4
     x = rng.standard_normal((B, p)).astype(real)
@@ -253,7 +253,7 @@ def tsan_check() -> bool:
         check(M, w, V, sweeps, np.float64)
     x, Pp = rng.standard_normal((2, 1)), rng.standard_normal((2, packed_size(5, "complex")))
     w, V, sweeps = (np.empty((2, 5)), np.empty((2, 5, 5), np.complex128), np.empty(2, np.int32))
-    emu.launch("eigh_jacobi_assemble", ("double", "cplx<double>"), 2, 4, x, Pp, w, V, sweeps, 2, 5, 1, 5, 0, 20, 1e-16)
+    emu.launch("assemble_eigh_jacobi", ("double", "cplx<double>"), 2, 4, x, Pp, w, V, sweeps, 2, 5, 1, 5, 0, 20, 1e-16)
     return bool(np.all(sweeps >= 0))
 
 

@@ -137,12 +137,12 @@ def tsan_check() -> bool:
     D = assemble_forward(rng.standard_normal((3, packed_size(5, "complex"))), 5, "complex")
     for form in (0, 1):
         t, sweeps = np.empty((2, 3)), np.empty(2, np.int32)
-        emu.launch("eigh_jacobi_observable", ("double", "cplx<double>"), 2, 4, x, Pp, D, t, sweeps,
+        emu.launch("assemble_eigh_observable_jacobi", ("double", "cplx<double>"), 2, 4, x, Pp, D, t, sweeps,
                    2, 5, 1, 3, 2, 3, form, 30, 1e-16)
         ok &= bool(np.all(sweeps >= 0) and np.all(np.isfinite(t)))
     emu = emulator.Emulator(_cuda.kernel_dir() / "jacobi.cu", _cuda.family_kernels("jacobi"), sanitize="thread")
     w, V, sweeps = np.empty((2, 5)), np.empty((2, 5, 2), np.complex128), np.empty(2, np.int32)
-    emu.launch("eigh_jacobi_assemble", ("double", "cplx<double>"), 2, 3, x, Pp, w, V, sweeps, 2, 5, 1, 2, 5, 30, 1e-16)
+    emu.launch("assemble_eigh_jacobi", ("double", "cplx<double>"), 2, 3, x, Pp, w, V, sweeps, 2, 5, 1, 2, 5, 30, 1e-16)
     return ok and bool(np.all(sweeps >= 0))
 
 

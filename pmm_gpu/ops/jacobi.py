@@ -123,7 +123,7 @@ def assemble_eigh_jacobi_cuda(x, Pp, n: int, field: str, *, k: int | None = None
     sweeps = xp.empty((B,), dtype=np.int32)
     if B:
         grid, block = _launch_config(B, n, threads)
-        _cuda.get_kernel("eigh_jacobi_assemble", real, elem)(
+        _cuda.get_kernel("assemble_eigh_jacobi", real, elem)(
             grid, block, (x, Pp, w, V, sweeps, B, n, p, k, code, int(max_sweeps), _tol(real, tol)))
     return w, V, sweeps
 
@@ -149,7 +149,7 @@ def assemble_eigh_observable_jacobi_cuda(x, Pp, D, n: int, field: str, r: int, w
     sweeps = xp.empty((B,), dtype=np.int32)
     if B:
         grid, block = _launch_config(B, n, threads)
-        _cuda.get_kernel("eigh_jacobi_observable", real, elem)(
+        _cuda.get_kernel("assemble_eigh_observable_jacobi", real, elem)(
             grid, block, (x, Pp, D, t, sweeps, B, n, p, K, r, code, FORMS.index(form), int(max_sweeps),
                           _tol(real, tol)))
     return t, sweeps
