@@ -8,7 +8,7 @@ every block, blocks in a shuffled order. Default tolerance: off(A) <= eps·‖A�
 result against numpy.linalg.eigh while it counts: the worst eigenvalue, residual ‖MV − VΛ‖₂,
 orthogonality ‖VᴴV − I‖₂ and eigenspace errors (tests/test_jacobi.py's measures).
 
-    python profiling/jacobi_sweeps.py [--batch 64] [--kinds random,degenerate] [--ns 2,3,...,32]
+    python tests/jacobi_sweeps.py [--batch 64] [--kinds random,degenerate] [--ns 2,3,...,32]
                                       [--no-fma] [--out profiling/results/jacobi-sweeps.md]
 """
 from __future__ import annotations
@@ -22,11 +22,10 @@ import sys
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+import emulator  # this script lives beside the emulator it drives: python tests/jacobi_sweeps.py
+import test_jacobi  # matrix generators, the error measures and the emulated launch
 
-import emulator  # noqa: E402
-import test_jacobi  # noqa: E402  (matrix generators, the error measures and the emulated launch)
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 NS = (2, 3, 4, 5, 8, 12, 16, 24, 32)
 PRECISIONS = (np.float32, np.float64)
