@@ -18,7 +18,6 @@ import datetime
 import pathlib
 import platform
 import subprocess
-import sys
 
 import numpy as np
 
