@@ -84,6 +84,14 @@ template <class R> __device__ __forceinline__ R step(R x, R u, R s, R tau) { ret
 template <class R> __device__ __forceinline__ cplx<R> step(cplx<R> x, cplx<R> u, R s, R tau) {
   return {x.re + s * (u.re - tau * x.re), x.im + s * (u.im - tau * x.im)};
 }
+// One pair of entries under the rotation: x_p <- c x_p − s e x_q, x_q <- c x_q + s ē x_p (in the ``step``
+// form). Rows p, q of Jᴴ A take the pair's phase e; columns p, q of A J and V J take its conjugate.
+template <class R, class S>
+__device__ __forceinline__ void rotate(S& xp, S& xq, S e, R s, R tau) {
+  const S p = xp, q = xq;
+  xp = step(p, -(e * q), s, tau);
+  xq = step(q, conj_of(e) * p, s, tau);
+}
 template <class R> __device__ __forceinline__ R scale2(R a, int e) { return ldexp(a, e); }
 template <class R> __device__ __forceinline__ cplx<R> scale2(cplx<R> a, int e) {
   return {ldexp(a.re, e), ldexp(a.im, e)};
@@ -202,11 +210,7 @@ __device__ void solve(Smem<R, S>& sh, int n, int max_sweeps, R tol, int* __restr
         const int k = e / n, j = e % n;
         int p, q;
         pair(r, k, m, p, q);
-        if (q >= n) continue;
-        const R s = sh.s[k], tau = sh.tau[k];
-        const S ph = sh.ph[k], ap = sh.A[p][j], aq = sh.A[q][j];
-        sh.A[p][j] = step(ap, -(ph * aq), s, tau);
-        sh.A[q][j] = step(aq, conj_of(ph) * ap, s, tau);
+        if (q < n) rotate(sh.A[p][j], sh.A[q][j], sh.ph[k], sh.s[k], sh.tau[k]);
       }
       __syncthreads();
       // (3) columns p, q of A <- A J and V <- V J:  x_ip' = c x_ip − s ē x_iq,  x_iq' = c x_iq + s e x_ip.
@@ -216,7 +220,7 @@ __device__ void solve(Smem<R, S>& sh, int n, int max_sweeps, R tol, int* __restr
         pair(r, k, m, p, q);
         if (q >= n) continue;
         const R s = sh.s[k], tau = sh.tau[k];
-        const S ph = sh.ph[k], phb = conj_of(ph);
+        const S phb = conj_of(sh.ph[k]);
         if (i == p) {
           sh.A[p][p] = make_elem<S>::of(sh.dpp[k], R(0));
           sh.A[p][q] = zero_elem<S>();
@@ -224,13 +228,9 @@ __device__ void solve(Smem<R, S>& sh, int n, int max_sweeps, R tol, int* __restr
           sh.A[q][p] = zero_elem<S>();
           sh.A[q][q] = make_elem<S>::of(sh.dqq[k], R(0));
         } else {
-          const S ap = sh.A[i][p], aq = sh.A[i][q];
-          sh.A[i][p] = step(ap, -(phb * aq), s, tau);
-          sh.A[i][q] = step(aq, ph * ap, s, tau);
+          rotate(sh.A[i][p], sh.A[i][q], phb, s, tau);
         }
-        const S vp = sh.V[i][p], vq = sh.V[i][q];
-        sh.V[i][p] = step(vp, -(phb * vq), s, tau);
-        sh.V[i][q] = step(vq, ph * vp, s, tau);
+        rotate(sh.V[i][p], sh.V[i][q], phb, s, tau);
       }
       __syncthreads();
     }
