@@ -64,3 +64,20 @@ def test_regression_benchmark(tmp_path):
         assert set(r) == {"PMM", "KRR", "GP", "MLP", "k-NN", "SVR", "RF"}
         assert r["PMM"]["mae"] < min(r["k-NN"]["mae"], r["RF"]["mae"]), fname
         assert r["PMM"]["params"] > 0 and r["PMM"]["fit_s"] > 0
+
+
+@pytest.mark.slow
+def test_conv_fashion_mnist(tmp_path):
+    """Conv-PMM (pmm_gpu.torch AO-PMM head) and the linear-head CNN train at --quick size; the full recipe
+    stays within the paper's 278,280 trainable parameters."""
+    pytest.importorskip("torch")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "conv_fashion_mnist.py"), "--quick", "--out", str(tmp_path),
+                           "--runs", "pmm:0,linear:0"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "conv_fashion_mnist.json").read_text())
+    assert "| pmm | 0 |" in (tmp_path / "conv_fashion_mnist.md").read_text()
+    assert max(res["full_recipe_params"].values()) <= res["param_limit"] == 278_280
+    for run in ("pmm:0", "linear:0"):
+        r = res["runs"][run]
+        assert r["val_acc"] > 0.5 and r["test_acc"] > 0.5, (run, r["val_acc"], r["test_acc"])
+        assert [c["epoch"] for c in r["curve"]] == list(range(1, r["epochs"] + 1))
