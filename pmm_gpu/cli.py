@@ -1,8 +1,16 @@
-"""The ``pmm-gpu`` command: train (built-in default problem or user data), predict, info."""
+"""The ``pmm-gpu`` command: train (built-in default problem or user data), predict, info.
+
+Exit status: 0 done; 1 training diverged in its first epoch (nothing trained: nothing saved, --out
+untouched); 2 bad input (arguments, data or model files; one line on stderr); 130 interrupted by Ctrl-C
+(SIGINT) during training: the step in progress finished, the best parameters so far were saved and
+stderr says so. A divergence after the first epoch saves the last good parameters, with a warning.
+--out is checked before any training, so an unwritable path never costs a trained model.
+"""
 from __future__ import annotations
 
 import argparse
 import io as _io
+import math
 import os
 import platform
 import sys
@@ -12,42 +20,73 @@ import numpy as np
 
 from . import __version__
 from .backend import cuda_status, get_backend
+from .distributed import cli_setup, is_main
 from .io import atomic_write, read_data
 from .models import AffineEigenvaluePMM, load
+from .ops.eigh import WHICH
 from .problems import anharmonic_convergence, anharmonic_levels
 
 # The default problem: fit the two lowest levels on g ∈ [0, 0.5], extrapolate to (0.5, 1].
 DEFAULT = dict(n=6, g_train=(0.0, 0.5, 20), g_extrap=(0.5, 1.0), basis_size=160, epochs=20000, lr=0.03)
+EXIT_DIVERGED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    cli_setup()  # under mpiexec/srun: start MPI, one GPU per rank, stdout on rank 0 only
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, TypeError, RuntimeError) as e:
+    except (OSError, ValueError, TypeError, RuntimeError) as e:  # OSError includes FileNotFoundError
         print(f"pmm-gpu: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _float_in(lo: float, hi: float, lo_open: bool, what: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (math.isfinite(value) and (value > lo if lo_open else value >= lo) and value < hi):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pmm-gpu", description="Parametric Matrix Models on GPU and CPU.")
     p.add_argument("--version", action="version", version=f"pmm_gpu {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    pos, nonneg = _int_at_least(1), _int_at_least(0)
 
     t = sub.add_parser("train", help="train an AE-PMM (no --data: the built-in anharmonic-oscillator problem)")
     t.add_argument("--data", help="CSV (features then target columns, optional header) or NPZ with X and Y")
-    t.add_argument("--targets", type=int, default=1, help="number of target columns at the end of a CSV (default 1)")
-    t.add_argument("--n", type=int, default=None, help="matrix size (default 6 for the default problem, else 8)")
-    t.add_argument("--which", default="SA", help="eigenvalue selection SA|LA|SM|LM|EA|EM|IA|IM (default SA)")
+    t.add_argument("--targets", type=pos, default=1, help="number of target columns at the end of a CSV (default 1)")
+    t.add_argument("--n", type=pos, default=None, help="matrix size (default 6 for the default problem, else 8)")
+    t.add_argument("--which", default="SA", choices=WHICH, help="eigenvalue selection (default SA)")
     t.add_argument("--field", default="complex", choices=["complex", "real"])
     t.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=256)
-    t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--val-fraction", type=float, default=0.2, help="held-out fraction of --data for validation")
-    t.add_argument("--patience", type=int, default=None)
+    t.add_argument("--epochs", type=pos, default=None, help="default 200 (20000 for the default problem)")
+    t.add_argument("--batch-size", type=pos, default=256)
+    t.add_argument("--lr", type=_float_in(0.0, math.inf, True, "a finite number > 0"), default=None,
+                   help="Adam learning rate (default 0.01; 0.03 for the default problem)")
+    t.add_argument("--val-fraction", type=_float_in(0.0, 1.0, False, "a number in [0, 1)"), default=0.2,
+                   help="held-out fraction of --data for validation")
+    t.add_argument("--patience", type=pos, default=None)
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=nonneg, default=0)
     t.add_argument("--out", default=None, help="model file to write (default pmm_model.npz / pmm_anharmonic.npz)")
     t.add_argument("--quiet", action="store_true", help="no progress line")
     t.set_defaults(func=_train)
@@ -64,38 +103,83 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _default(value, fallback):
+    """An explicit flag value, even a falsy one, else the default."""
+    return fallback if value is None else value
+
+
+def check_out(path: str, flag: str = "--out") -> str:
+    """``path`` must be writable as a file, checked before any work: not a directory, in an existing,
+    writable directory (atomic_write renames a temporary file there)."""
+    if not path:
+        raise ValueError(f"{flag} is empty; give a file name")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a directory; give a file name")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path!r}: the directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path!r}: the directory {parent!r} is not writable")
+    return path
+
+
+def save_trained(m, hist: dict, out: str) -> int:
+    """Save the trained model to ``out`` unless training diverged in its first epoch; the exit status
+    (module docstring). Divergence and interruption are reported on stderr."""
+    reason, done = hist["stop_reason"], len(hist["loss"])
+    if reason.startswith("diverged") and not done:
+        print(f"pmm-gpu: error: training {reason}; nothing was trained, so nothing was saved ({out} is "
+              "unchanged). Try a smaller --lr.", file=sys.stderr)
+        return EXIT_DIVERGED
+    m.save(out)
+    if reason.startswith("diverged"):
+        print(f"pmm-gpu: warning: training {reason}; saved the last good parameters (epoch {done}) to {out}",
+              file=sys.stderr)
+    if reason.startswith("interrupted"):
+        best = hist["best_epoch"]
+        kept = f"the best parameters so far (epoch {best})" if best else "the parameters after the last step"
+        print(f"pmm-gpu: {reason}: saved {kept} to {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
 def _train(args) -> int:
     if args.data is None:
         return _train_default(args)
+    out = check_out(_default(args.out, "pmm_model.npz"))
     X, Y = read_data(args.data, args.targets)
     if Y is None:
         raise ValueError(f"{args.data!r} has no targets (an NPZ needs arrays X and Y)")
     X, Y = np.atleast_2d(X.T).T, np.atleast_2d(Y.T).T
-    if not 0 <= args.val_fraction < 1:
-        raise ValueError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     perm = np.random.default_rng(args.seed).permutation(len(X))
     n_val = int(round(args.val_fraction * len(X))) if len(X) > 1 else 0
     val, tr = perm[:n_val], perm[n_val:]
-    m = AffineEigenvaluePMM(n=args.n or 8, n_features=X.shape[1], n_eig=Y.shape[1], which=args.which,
+    if not len(tr):
+        raise ValueError(f"--val-fraction {args.val_fraction} leaves none of the {len(X)} samples for training")
+    m = AffineEigenvaluePMM(n=_default(args.n, 8), n_features=X.shape[1], n_eig=Y.shape[1], which=args.which,
                             field=args.field, dtype=args.dtype, device=args.device, seed=args.seed)
     t0 = time.perf_counter()
-    hist = m.fit(X[tr], Y[tr], epochs=args.epochs or 200, batch_size=args.batch_size, lr=args.lr or 1e-2,
-                 validation_data=(X[val], Y[val]) if n_val else None, patience=args.patience,
-                 seed=args.seed, verbose=not args.quiet)
+    hist = m.fit(X[tr], Y[tr], epochs=_default(args.epochs, 200), batch_size=args.batch_size,
+                 lr=_default(args.lr, 1e-2), validation_data=(X[val], Y[val]) if n_val else None,
+                 patience=args.patience, seed=args.seed, verbose=not args.quiet)
     dt = time.perf_counter() - t0
-    out = args.out or "pmm_model.npz"
-    m.save(out)
+    if not is_main():  # an MPI rank other than 0: rank 0 reports and saves
+        return 0
+    status = save_trained(m, hist, out)
+    if status == EXIT_DIVERGED:
+        return status
     print(f"{m!r}: {m.n_params} parameters, {len(hist['loss'])} epochs in {dt:.1f} s ({hist['stop_reason']})")
     for name, idx in (("train", tr), ("validation", val)):
         if len(idx):
             err = m.predict(X[idx]) - Y[idx]
             print(f"{name:>10}: RMSE {np.sqrt(np.mean(err**2)):.4e}  max |error| {np.abs(err).max():.4e}  ({len(idx)} samples)")
     print(f"saved model to {out}")
-    return 0
+    return status
 
 
 def _train_default(args) -> int:
     d = DEFAULT
+    out = check_out(_default(args.out, "pmm_anharmonic.npz"))
     lo, hi, k = d["g_train"]
     g_train = np.linspace(lo, hi, k)
     g_test = np.linspace(lo, hi, 101)
@@ -103,7 +187,7 @@ def _train_default(args) -> int:
     E = {name: anharmonic_levels(g, 2, d["basis_size"]) for name, g in
          (("train", g_train), ("test", g_test), ("extrapolation", g_extrap))}
     conv = anharmonic_convergence(np.r_[g_test, g_extrap], 2, d["basis_size"])
-    m = AffineEigenvaluePMM(n=args.n or d["n"], n_features=1, n_eig=2, which="SA", field=args.field,
+    m = AffineEigenvaluePMM(n=_default(args.n, d["n"]), n_features=1, n_eig=2, which="SA", field=args.field,
                             dtype=args.dtype, device=args.device, seed=args.seed)
     print(f"pmm_gpu {__version__}: quartic anharmonic oscillator H(g) = p²/2 + x²/2 + g·x⁴, two lowest levels")
     print(f"exact truth: diagonalisation in {d['basis_size']} harmonic-oscillator states "
@@ -111,36 +195,40 @@ def _train_default(args) -> int:
     print(f"train: {k} values of g in [{lo}, {hi}]; test: 101 in [{lo}, {hi}]; "
           f"extrapolation: 100 in ({d['g_extrap'][0]}, {d['g_extrap'][1]}]")
     print(f"model: {m!r}, {m.n_params} parameters, backend {m.backend.name}")
-    epochs = args.epochs or d["epochs"]
     t0 = time.perf_counter()
-    hist = m.fit(g_train[:, None], E["train"], epochs=epochs, batch_size=k, lr=args.lr or d["lr"],
-                 schedule="cosine", seed=args.seed, verbose=not args.quiet)
+    hist = m.fit(g_train[:, None], E["train"], epochs=_default(args.epochs, d["epochs"]), batch_size=k,
+                 lr=_default(args.lr, d["lr"]), schedule="cosine", seed=args.seed, verbose=not args.quiet)
     dt = time.perf_counter() - t0
+    if not is_main():  # an MPI rank other than 0: rank 0 reports and saves
+        return 0
+    status = save_trained(m, hist, out)
+    if status == EXIT_DIVERGED:
+        return status
     print(f"trained {len(hist['loss'])} epochs in {dt:.1f} s: {len(hist['loss']) * k / dt:,.0f} training samples/s "
-          f"(full batch of {k}), final MSE {hist['loss'][-1]:.2e}")
+          f"(full batch of {k}), final MSE {hist['loss'][-1] if hist['loss'] else math.nan:.2e}")
     print(f"{'':>14} {'max |error|':>12} {'max rel. error':>15}")
     for name, g in (("train", g_train), ("test", g_test), ("extrapolation", g_extrap)):
         err = np.abs(m.predict(g[:, None]) - E[name])
         print(f"{name:>14} {err.max():12.2e} {(err / np.abs(E[name])).max():15.2e}")
-    out = args.out or "pmm_anharmonic.npz"
-    m.save(out)
     print(f"saved model to {out}")
-    return 0
+    return status
 
 
 def _predict(args) -> int:
+    if args.out is not None:
+        check_out(args.out)
     m = load(args.model, device=args.device)
     X, _ = read_data(args.data, n_targets=0)
     X = np.atleast_2d(X.T).T
     if X.shape[1] < m.n_features:
         raise ValueError(f"{args.data!r} has {X.shape[1]} columns but the model needs {m.n_features} features")
-    P = m.predict(X[:, :m.n_features])
+    pred = m.predict(X[:, :m.n_features])
     buf = _io.StringIO()
-    np.savetxt(buf, P, delimiter=",", fmt="%.17g",
-               header=",".join(f"y{j}" for j in range(P.shape[1])), comments="")
+    np.savetxt(buf, pred, delimiter=",", fmt="%.17g",
+               header=",".join(f"y{j}" for j in range(pred.shape[1])), comments="")
     if args.out:
         atomic_write(args.out, lambda f: f.write(buf.getvalue().encode()))
-        print(f"wrote {len(P)} predictions to {args.out}")
+        print(f"wrote {len(pred)} predictions to {args.out}")
     else:
         sys.stdout.write(buf.getvalue())
     return 0

@@ -80,3 +80,53 @@ def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "pmm_gpu" in out and "numpy" in out and "default backend" in out
+
+
+# --- issue 11: --out checked up front, divergence, falsy flags, NPZ pairing ---------------------------
+def _csv(tmp_path, n=20):
+    X = np.linspace(-1, 1, n)
+    (tmp_path / "d.csv").write_text("\n".join(f"{x},{x * x}" for x in X))
+    return str(tmp_path / "d.csv")
+
+
+@pytest.mark.parametrize("out,match", [(".", "is a directory"), ("missing/m.npz", "does not exist")])
+def test_unwritable_out_is_refused_before_training(tmp_path, monkeypatch, capsys, out, match):
+    monkeypatch.chdir(tmp_path)
+
+    def no_training(*a, **k):
+        raise AssertionError("trained although --out cannot be written")
+
+    monkeypatch.setattr(pmm_gpu.AffineEigenvaluePMM, "fit", no_training)
+    assert main(["train", "--data", _csv(tmp_path), "--quiet", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "--out" in err and err.count("\n") == 1
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_divergence_in_epoch_1_saves_nothing(tmp_path, capsys):
+    X = np.linspace(0, 1, 20)[:, None]
+    np.savez(tmp_path / "d.npz", X=X, Y=1e200 * (1 + X))  # the squared error overflows: epoch 1 diverges
+    (tmp_path / "m.npz").write_bytes(b"an older model")
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        rc = main(["train", "--data", str(tmp_path / "d.npz"), "--epochs", "3", "--quiet", "--out", str(tmp_path / "m.npz")])
+    assert rc == 1
+    assert "nothing was saved" in capsys.readouterr().err
+    assert (tmp_path / "m.npz").read_bytes() == b"an older model"
+
+
+@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--n", "0"), ("--lr", "0"), ("--batch-size", "0"),
+                                        ("--patience", "0"), ("--targets", "0"), ("--seed", "-1"), ("--lr", "nan")])
+def test_falsy_or_bad_flags_are_refused_not_ignored(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--data", _csv(tmp_path), "--quiet", "--out", str(tmp_path / "m.npz"), flag, value])
+    assert info.value.code == 2
+    assert f"argument {flag}: expected" in capsys.readouterr().err
+    assert not (tmp_path / "m.npz").exists()
+
+
+@pytest.mark.parametrize("rows", [7, 12])
+def test_npz_with_unpaired_x_and_y(tmp_path, capsys, rows):
+    np.savez(tmp_path / "d.npz", X=np.linspace(0, 1, 10)[:, None], Y=np.zeros(rows))
+    assert main(["train", "--data", str(tmp_path / "d.npz"), "--quiet", "--out", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert f"X has 10 rows but Y has {rows}" in err and "d.npz" in err and err.count("\n") == 1
