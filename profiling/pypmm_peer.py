@@ -55,7 +55,8 @@ class PyPMMEngine:
             "epochs runs E+1 and times the last E between per-epoch callback timestamps (compile excluded); "
             "warm-up = the first call (compile + 2 epochs). "
             "Same initial parameters (initial loss agrees), final loss not comparable (different optimizer "
-            "and batches).")
+            "and batches, and more epochs: 2 in the warm-up and E+1 per timed run, 11 against pmm_gpu's 7 "
+            "with --quick; profiling/time_to_accuracy.py compares losses at equal epochs).")
 
     def __init__(self, case, device, dtype, X, Y, lr, params):
         import jax

@@ -111,10 +111,11 @@ def make_optimizer(model: TorchPMM, lr: float, betas=(0.9, 0.999), eps=1e-8):
     return torch.optim.Adam(model.parameters(), lr=lr, betas=betas, eps=eps)
 
 
-def fit(model: TorchPMM, opt, X, Y, *, epochs: int, batch_size: int, loss: str = "mse", seed: int = 0):
-    """Mini-batch Adam like pmm_gpu.train.fit; returns the per-epoch (loss, seconds) lists."""
+def fit(model: TorchPMM, opt, X, Y, *, epochs: int, batch_size: int, loss: str = "mse", seed: int = 0, rng=None):
+    """Mini-batch Adam like pmm_gpu.train.fit; returns the per-epoch (loss, seconds) lists. rng: a NumPy
+    Generator to continue (epoch by epoch, as profiling/time_to_accuracy.py runs it) instead of ``seed``."""
     f = loss_fn(loss)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed) if rng is None else rng
     N = X.shape[0]
     losses, times = [], []
     sync = torch.cuda.synchronize if X.is_cuda else (lambda: None)

@@ -1,4 +1,4 @@
-"""The CuPy backend against the NumPy oracle on identical seeds, for both model types (DESIGN.md §4.1):
+"""The CuPy backend against the NumPy oracle on identical seeds, for both model types (docs/DESIGN.md §4.1):
 forward outputs, every gradient, one Adam step, a short training run's loss curve, chunked eigh,
 save/load across devices and ``predict(as_numpy=False)``. Marked ``gpu``: skipped without a GPU.
 ``compare_models`` also runs CPU-vs-CPU here, so the comparison machinery itself is tested everywhere."""
