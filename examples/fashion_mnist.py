@@ -1,4 +1,4 @@
-"""Fashion-MNIST with an affine observable PMM, one fixed recipe (issue 3, DESIGN.md §6).
+"""Fashion-MNIST with an affine observable PMM, one fixed recipe (issue 3, docs/DESIGN.md §6).
 
 Data: the Debian package dataset-fashion-mnist (pmm_gpu.datasets); 60,000 training images, the
 official 10,000 test images. A validation split of --val images is carved from the 60,000 training

@@ -34,6 +34,11 @@ EIGH_SOLVERS = ("auto", "cusolver", "jacobi")
 # (profiling/gpu_check.sh does), and where profiling/results/ shows jacobi ahead of cusolver in case E
 # and end-to-end (cases A-C) set this to the largest such n (at most jacobi.NMAX = 32).
 AUTO_JACOBI_MAX_N = 0
+# The fused Jacobi launches assemble each entry of M(x) in the kernel, a loop over the p + 1 terms
+# (about 1,600 dependent FMAs per entry at p = 784, case D); above this p the CUDA backend forms
+# Mp = X1 @ Pp by one GEMM (cuBLAS), unpacks M and runs the plain Jacobi kernel instead. 32 is a
+# guess until profiling/bench_eigh.py measures the crossover on a GPU.
+FUSED_ASSEMBLY_MAX_P = 32
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,12 @@ _MIN_CHUNK = 64
 @functools.lru_cache(maxsize=None)
 def _thread_pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="pmm_gpu-lapack")
+
+
+# A forked child inherits the cached pool but not its threads: its first map would wait forever (the
+# pool counts the parent's idle workers as its own). The child starts with no pool and makes its own.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_thread_pool.cache_clear)
 
 
 def set_num_threads(n: int):
@@ -183,6 +194,14 @@ class NumpyBackend:
         _, V_S = self.assemble_eigh(X, Pp, n, field, shift=shift, k=r, which=which, solver=solver, failures=failures)
         return self.ops.observable_forward(V_S, D, form)[0]
 
+    def free_memory(self) -> int:
+        """Bytes this backend may still allocate: the host's MemAvailable (Linux; else 4 GiB)."""
+        try:
+            with open("/proc/meminfo") as f:
+                return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration, ValueError):
+            return 4 * 2**30
+
     def synchronize(self):
         pass
 
@@ -205,13 +224,21 @@ class CupyBackend(NumpyBackend):
         return self.xp.asnumpy(a)
 
     def eigh(self, M, solver: str = "auto", failures=None, vectors: bool = True):
-        """As NumpyBackend.eigh; "cusolver": cupy.linalg.eigh (syevj/heevjBatched), in chunks, since it
-        takes a 32-bit lwork; "jacobi": the pmm_gpu kernel (n <= 32), whose per-matrix sweep counts
-        (−1: missed the sweep cap, or NaN/Inf input) are counted into ``failures`` on the device."""
-        if resolve_eigh_solver(solver, M.shape[-1]) == "cusolver":
-            if not vectors:
-                return eigh.eigh_chunked(self.xp.linalg.eigvalsh, M, self.xp), None
-            return eigh.eigh_chunked(self.xp.linalg.eigh, M, self.xp)
+        """As NumpyBackend.eigh; "cusolver": cupy.linalg.eigh (syevj/heevjBatched), in chunks of
+        ``eigh.eigh_max_batch`` matrices (its lwork is a 32-bit int), and, since CuPy ignores the
+        solver's info flags, ``eigh.eigh_probe`` checks a few matrices of each call (residual and
+        orthogonality; NaN too) and counts the bad ones into ``failures``; "jacobi": the pmm_gpu
+        kernel (n <= 32), whose per-matrix sweep counts (−1: missed the sweep cap, or NaN/Inf input)
+        are counted into ``failures``. Both on the device, without a host synchronisation."""
+        n = M.shape[-1]
+        if resolve_eigh_solver(solver, n) == "cusolver":
+            f = self.xp.linalg.eigh if vectors else self.xp.linalg.eigvalsh
+            dev = getattr(getattr(M, "device", None), "id", 0)
+            out = eigh.eigh_chunked(f, M, self.xp, eigh.eigh_max_batch(n, eigh.cusolver_lwork(n, M.dtype.char, dev)))
+            w, V = out if vectors else (out, None)
+            if failures is not None and eigh.PROBE_SAMPLES:
+                failures += eigh.eigh_probe(M, w, V)
+            return w, V
         w, V, sweeps = jacobi.eigh_jacobi_cuda(M, k=None if vectors else 0, max_sweeps=jacobi.MAX_SWEEPS)
         _count_failures(failures, sweeps)
         return w, (V if vectors else None)
@@ -220,21 +247,29 @@ class CupyBackend(NumpyBackend):
                       solver: str = "auto", failures=None):
         """As NumpyBackend.assemble_eigh; with the Jacobi solver and no shift one fused launch
         (``jacobi.assemble_eigh_jacobi_cuda``: the (B, n, n) batch never goes through global memory,
-        only the k selected eigenvectors are written)."""
+        only the k selected eigenvectors are written); for p > FUSED_ASSEMBLY_MAX_P features the
+        assembly is a GEMM instead (``assemble``) and the plain kernel selects the same k columns."""
         if shift is not None or resolve_eigh_solver(solver, n) != "jacobi":
             return super().assemble_eigh(X, Pp, n, field, shift=shift, k=k, which=which, solver=solver,
                                          failures=failures)
-        with nvtx_range("assemble+eigh"):
-            w, V, sweeps = jacobi.assemble_eigh_jacobi_cuda(X, Pp, n, field, k=k, which=which,
-                                                            max_sweeps=jacobi.MAX_SWEEPS)
+        if X.shape[1] > FUSED_ASSEMBLY_MAX_P:
+            with nvtx_range("assemble"):
+                M = self.assemble(X, Pp, n, field)  # (B, n, n): Mp = X1 @ Pp by cuBLAS, then unpacked
+            with nvtx_range("eigh"):
+                w, V, sweeps = jacobi.eigh_jacobi_cuda(M, k=k, which=which, max_sweeps=jacobi.MAX_SWEEPS)
+        else:
+            with nvtx_range("assemble+eigh"):
+                w, V, sweeps = jacobi.assemble_eigh_jacobi_cuda(X, Pp, n, field, k=k, which=which,
+                                                                max_sweeps=jacobi.MAX_SWEEPS)
         _count_failures(failures, sweeps)
         return w, (None if k == 0 else V)
 
     def assemble_eigh_observable(self, X, Pp, D, n: int, field: str, r: int, which: str, form: str, *,
                                  shift=None, solver: str = "auto", failures=None):
         """As NumpyBackend.assemble_eigh_observable; with the Jacobi solver and no shift one fused launch
-        (``jacobi.assemble_eigh_observable_jacobi_cuda``: no eigenvector leaves the kernel)."""
-        if shift is not None or resolve_eigh_solver(solver, n) != "jacobi":
+        (``jacobi.assemble_eigh_observable_jacobi_cuda``: no eigenvector leaves the kernel); for
+        p > FUSED_ASSEMBLY_MAX_P the GEMM assembly of ``assemble_eigh``, then the observable kernel."""
+        if shift is not None or resolve_eigh_solver(solver, n) != "jacobi" or X.shape[1] > FUSED_ASSEMBLY_MAX_P:
             return super().assemble_eigh_observable(X, Pp, D, n, field, r, which, form, shift=shift,
                                                     solver=solver, failures=failures)
         with nvtx_range("assemble+eigh+observable"):
@@ -242,6 +277,11 @@ class CupyBackend(NumpyBackend):
                                                                     max_sweeps=jacobi.MAX_SWEEPS)
         _count_failures(failures, sweeps)
         return t
+
+    def free_memory(self) -> int:
+        """Bytes free on the current device: the driver's free memory plus CuPy's pool's cached blocks."""
+        free, _ = self.xp.cuda.runtime.memGetInfo()
+        return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
 
     def synchronize(self):
         self.xp.cuda.get_current_stream().synchronize()

@@ -9,7 +9,8 @@ under its own name, nothing is validated in ``__init__``), ``score``, and an equ
 ``pmm_gpu`` itself loads this module lazily, so ``import pmm_gpu`` never imports scikit-learn.
 
 Both estimators scale inputs before the model sees them (``input_scaling``: "standard" = zero mean,
-unit variance per feature; "minmax" = each feature onto [−1, 1]; None = unchanged); the regressor
+unit variance per feature; "minmax" = each feature onto [−1, 1]; "robust" = median and interquartile
+range, pmm_gpu/scaling.py; None = unchanged); the regressor
 also scales targets (``target_scaling``, same choices) and undoes it in ``predict``. The scaling is
 fitted on the training data, kept in fitted attributes and saved with the model (``save``/``load``:
 the model file's extra state holds the scalers, the classes and the estimator's parameters).
@@ -25,7 +26,9 @@ import warnings
 
 import numpy as np
 
+from .io import to_json  # json.dumps that takes NumPy scalars (random_state=np.int64(0))
 from .models import AffineObservablePMM, load
+from .scaling import SCALINGS, fit_scaler  # noqa: F401  (fit_scaler: the estimators' scaler, pmm_gpu/scaling.py)
 
 try:  # optional dependency: only base classes and validation helpers
     from sklearn.base import BaseEstimator as _Base
@@ -39,7 +42,6 @@ try:  # optional dependency: only base classes and validation helpers
 except ImportError:  # pragma: no cover - exercised by the no-sklearn test through the fallbacks below
     HAVE_SKLEARN = False
 
-SCALINGS = (None, "standard", "minmax")
 
 
 # --- stand-ins when scikit-learn is absent ---------------------------------------------------------
@@ -110,25 +112,6 @@ def _check_X_plain(est, X, reset: bool) -> np.ndarray:
         raise ValueError(f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
                          f"{est.n_features_in_} features as input")
     return X
-
-
-# --- scaling ---------------------------------------------------------------------------------------
-def fit_scaler(A, kind):
-    """(offset, scale) with A_scaled = (A − offset)/scale, per column; constant columns keep scale 1.
-
-    "standard": offset = mean, scale = std;  "minmax": onto [−1, 1] (offset = mid-range, scale =
-    half-range);  None: offset 0, scale 1.  A (N, d) -> offset (d,), scale (d,).
-    """
-    if kind not in SCALINGS:
-        raise ValueError(f"scaling must be one of {list(SCALINGS)}, got {kind!r}")
-    if kind is None:
-        return np.zeros(A.shape[1]), np.ones(A.shape[1])
-    if kind == "standard":
-        off, sc = A.mean(axis=0), A.std(axis=0)
-    else:
-        lo, hi = A.min(axis=0), A.max(axis=0)
-        off, sc = (hi + lo) / 2, (hi - lo) / 2
-    return off, np.where(sc > 1e-12 * np.maximum(1, np.abs(off)), sc, 1.0)
 
 
 # The constructor arguments, listed once: those passed on to AffineObservablePMM (random_state as its
@@ -209,7 +192,7 @@ class _PMMEstimator(_Base):
     # --- persistence -------------------------------------------------------------------------------
     def _state(self) -> dict:
         """Fitted attributes as arrays (saved in the model file's extra state)."""
-        st = {"estimator": np.array(json.dumps({"class": type(self).__name__, "params": self.get_params()})),
+        st = {"estimator": np.array(to_json({"class": type(self).__name__, "params": self.get_params()})),
               "n_features_in": np.array(self.n_features_in_), "x_offset": self.x_offset_, "x_scale": self.x_scale_}
         return st
 
@@ -220,7 +203,7 @@ class _PMMEstimator(_Base):
     def save(self, path):
         """Write the fitted model with the scalers, classes and estimator parameters (one .npz file)."""
         self._check_fitted()
-        self.model_.extra_state = self._state()
+        self.model_.extra_state = {**self.model_.extra_state, **self._state()}  # keeps e.g. conformal scores
         self.model_.save(path)
 
     @classmethod
@@ -261,19 +244,19 @@ class _PMMEstimator(_Base):
 
 
 _COMMON_DOC = """
-    Model: n (matrix size), n_eig (r; None = min(n, 4)), n_secondaries, which, form, centered, bias,
+    Model: n (matrix size), n_eig (r; None = min(4, n − 1), n >= 2), n_secondaries, which, form, centered, bias,
     eta, field, init_scale, dtype, device — as for ``AffineObservablePMM``.
     Training (Adam, ``pmm_gpu.train.fit``): epochs, batch_size, lr, schedule ("cosine" or "constant"),
     validation_fraction (a random share of the training data held out for early stopping; 0 = none),
     patience (early-stopping patience in epochs; None = off), random_state (initialization, shuffling
     and the validation split), verbose. predict_batch_size: chunk size of inference.
-    input_scaling: "standard", "minmax" or None (see the module docstring).
+    input_scaling: "standard", "minmax", "robust" or None (see the module docstring).
 """
 
 
 class PMMRegressor(_RegressorMixin, _PMMEstimator):
     __doc__ = """AO-PMM regressor: one output per target column, MSE (or ``loss``) on scaled targets.
-    """ + _COMMON_DOC + """    loss: "mse", "mae" or "huber"; target_scaling: "standard", "minmax" or None.
+    """ + _COMMON_DOC + """    loss: "mse", "mae" or "huber"; target_scaling: "standard", "minmax", "robust" or None.
     """
 
     __init__ = _keyword_init({**COMMON_ARGS, "target_scaling": "standard", "loss": "mse"})

@@ -11,6 +11,8 @@ packed real arrays (ops/assemble.py): primaries (p+1, P), secondaries (Q, l, P),
 n² (field "complex") or n(n+1)/2 ("real"). Arrays are NumPy or CuPy; the backend that owns X
 (``backend.backend_of``) runs them unless ``backend`` is given. Nothing here holds state: the model
 classes (pmm_gpu/models/) and the PyTorch/JAX bindings are thin wrappers over these four functions.
+``primaries_forward`` / ``primaries_backward`` map other primary parameterisations onto the packed
+(p+1, P) primaries and back: low rank M_i = U_i diag(l_i) U_iᴴ (ops/lowrank.py) and no M_0.
 
 Reverse mode in one line each: the eigenvalue cotangent gives Ā = V_S diag(ȳ) V_Sᴴ (ops/eigh.py
 ``eigvals_vjp``), the observables give V̄_S and D̄ (ops/observable.py), V̄_S gives Ā (``eigh_vjp``, with
@@ -22,10 +24,11 @@ Lorentzian broadening η), and Ā goes to the parameters and the inputs through 
 """
 from __future__ import annotations
 
-from ._xp import nvtx_range, with_ones
+from ._xp import array_module, nvtx_range, with_ones
 from .backend import backend_of
 from .ops.assemble import n_from_packed, smoothing_backward, smoothing_shift
 from .ops.eigh import select, select_indices
+from .ops.lowrank import lowrank_backward, lowrank_forward
 from .ops.observable import spectral_norm_forward
 
 
@@ -52,23 +55,60 @@ def _assemble_backward(cache, Abar, input_grad: bool) -> dict:
     return grads
 
 
+def primaries_forward(params: dict, *, field: str = "complex", constant: bool = True):
+    """The packed full primaries (p+1, P) the PMM forwards take, from a model's primary parameters,
+    and the cache for ``primaries_backward``:
+
+        {"primaries": (m, P)}                                   full matrices, packed (ops/assemble.py)
+        {"primaries_l": (m, r), "primaries_u": (m, n, r[, 2])}  M_i = U_i diag(l_i) U_iᴴ (ops/lowrank.py)
+
+    m = p + 1 (M_0, M_1..M_p), or m = p with constant=False: no M_0 (pyPMM's bias_term=False), a zero
+    row is put in its place, so M(x) = Σ_i x_i M_i. Full primaries with M_0 pass through unchanged.
+    """
+    if "primaries_l" in params:
+        packed = lowrank_forward(params["primaries_l"], params["primaries_u"], field)
+    else:
+        packed = params["primaries"]
+    if not constant:
+        xp = array_module(packed)
+        packed = xp.concatenate([xp.zeros_like(packed[:1]), packed], axis=0)
+    return packed, dict(params={k: params[k] for k in params if k.startswith("primaries")}, field=field,
+                        constant=constant)
+
+
+def primaries_backward(cache, Pbar) -> dict:
+    """Cotangents of the primary parameters of ``primaries_forward`` from P̄ (p+1, P), the cotangent
+    of the packed full primaries: the M_0 row dropped with constant=False, then for low rank
+    ``lowrank_backward`` (Ū = 2 M̄ U diag(l), l̄ = Re diag(Uᴴ M̄ U))."""
+    if not cache["constant"]:
+        Pbar = Pbar[1:]
+    params = cache["params"]
+    if "primaries_l" not in params:
+        return {"primaries": Pbar}
+    lbar, ubar = lowrank_backward(params["primaries_l"], params["primaries_u"], Pbar, cache["field"])
+    return {"primaries_l": lbar, "primaries_u": ubar}
+
+
 def eigenvalue_pmm_forward(X, primaries, *, n_eig: int, which: str = "SA", field: str = "complex",
                            smoothing: float = 0.0, eigh_solver: str = "auto", need_grad: bool = True,
-                           backend=None, eigh_failures=None):
+                           backend=None, eigh_failures=None, eig=None):
     """AE-PMM outputs y (B, k) = the k = n_eig eigenvalues ``which`` picks of M(x_b), and the cache for
     ``eigenvalue_pmm_backward`` (None with need_grad=False: eigenvalues only, no eigenvectors computed).
 
     X (B, p), primaries (p+1, P) packed. eigh_solver: the CUDA eigensolver (backend.EIGH_SOLVERS);
     eigh_failures: optional 0-d device counter of matrices the solver reports as not converged.
+    eig: optional (w (B, n), V (B, n, n)), the eigendecomposition of M(x) that an earlier call's cache
+    holds (cache["w"], cache["V"]); the solve is skipped (the PyTorch/JAX bindings rebuild the cache
+    for the backward from it).
     """
     be, n, Ms, shift = _primaries_setup(X, primaries, field, smoothing, backend)
     solve = dict(shift=shift, solver=eigh_solver, failures=eigh_failures)
     if not need_grad:  # inference: eigenvalues only (the Jacobi kernel then writes no eigenvector)
         w, _ = be.assemble_eigh(X, primaries, n, field, k=0, which=which, **solve)
         return be.xp.take_along_axis(w, select_indices(w, n_eig, which), axis=1), None
-    w, V = be.assemble_eigh(X, primaries, n, field, **solve)
+    w, V = eig if eig is not None else be.assemble_eigh(X, primaries, n, field, **solve)
     w_S, V_S = select(w, V, select_indices(w, n_eig, which))
-    cache = dict(backend=be, n=n, field=field, X=X, primaries=primaries, smoothing=smoothing, Ms=Ms, V_S=V_S)
+    cache = dict(backend=be, n=n, field=field, X=X, primaries=primaries, smoothing=smoothing, Ms=Ms, w=w, V=V, V_S=V_S)
     return w_S, cache
 
 
@@ -82,13 +122,13 @@ def eigenvalue_pmm_backward(cache, ybar, *, input_grad: bool = True) -> dict:
 def observable_pmm_forward(X, primaries, secondaries, bias=None, *, n_eig: int, which: str = "LM",
                            form: str = "transition", centered: bool = True, eta: float = 1e-4,
                            field: str = "complex", smoothing: float = 0.0, eigh_solver: str = "auto",
-                           need_grad: bool = True, backend=None, eigh_failures=None):
+                           need_grad: bool = True, backend=None, eigh_failures=None, eig=None):
     """AO-PMM outputs z (B, Q) (module docstring) and the cache for ``observable_pmm_backward``.
 
     X (B, p), primaries (p+1, P), secondaries (Q, l, P) packed, bias (Q,) or None; r = n_eig selected
     eigenvectors; centered: subtract ½‖D_qm‖₂²; eta: the broadening of ``eigh_vjp`` (backward only).
     With need_grad=False the cache is None and, where the backend has one, a fused launch computes
-    the observables without writing eigenvectors.
+    the observables without writing eigenvectors. eig: as for ``eigenvalue_pmm_forward``.
     """
     be, n, Ms, shift = _primaries_setup(X, primaries, field, smoothing, backend)
     Qn, l, P = secondaries.shape
@@ -96,7 +136,7 @@ def observable_pmm_forward(X, primaries, secondaries, bias=None, *, n_eig: int, 
     solve = dict(shift=shift, solver=eigh_solver, failures=eigh_failures)
     cache = None
     if need_grad:
-        w, V = be.assemble_eigh(X, primaries, n, field, **solve)  # (B, n), (B, n, n)
+        w, V = eig if eig is not None else be.assemble_eigh(X, primaries, n, field, **solve)  # (B, n), (B, n, n)
         idx = select_indices(w, n_eig, which)  # (B, r)
         V_S = select(w, V, idx)[1]  # (B, n, r)
     with nvtx_range("observable"):

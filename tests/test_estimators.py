@@ -88,7 +88,7 @@ def test_scalers():
     off, sc = estimators.fit_scaler(A, "standard")
     np.testing.assert_allclose(((A - off) / sc).std(axis=0), [1, 0])
     with pytest.raises(ValueError, match="scaling"):
-        estimators.fit_scaler(A, "robust")
+        estimators.fit_scaler(A, "quantile")
 
 
 def test_pickle_and_predict_proba():
@@ -164,3 +164,23 @@ def test_gaussian_2d_accuracy_bar():
 
 
 GAUSS_EPOCHS, GAUSS_LR = 10000, 0.02
+
+
+# --- issue 11: NumPy-typed settings, defaults that depend on the input --------------------------------
+def test_save_with_numpy_typed_settings(tmp_path):
+    X = np.linspace(-1, 1, 20)[:, None]
+    reg = pg.PMMRegressor(n=3, n_eig=np.int64(1), epochs=np.arange(1, 4)[-1], random_state=np.int64(0),
+                          dtype=np.float32, device="cpu").fit(X, X[:, 0] ** 2)
+    reg.save(tmp_path / "r.npz")
+    back = pg.PMMRegressor.load(tmp_path / "r.npz", device="cpu")
+    assert back.random_state == 0 and back.epochs == 3 and back.dtype == "float32"
+    np.testing.assert_array_equal(back.predict(X), reg.predict(X))
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_default_n_eig_depends_on_the_input(n):
+    """n_eig=None is min(4, n − 1): with n_eig = n every eigenvector is selected and the fit is a constant."""
+    X = np.linspace(-1, 1, 30)[:, None]
+    reg = pg.PMMRegressor(n=n, epochs=40, lr=0.05, device="cpu").fit(X, X[:, 0] ** 2)
+    assert reg.model_.n_eig == min(4, n - 1)
+    assert np.ptp(reg.predict(X)) > 1e-3

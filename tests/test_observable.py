@@ -93,8 +93,9 @@ def test_api_shapes_and_defaults():
     assert (m.n_eig, m.n_secondaries, m.which, m.form, m.centered, m.bias, m.n_outputs) == \
         (4, 1, "LM", "transition", True, True, 1)
     assert m.eta == 1e-4
+    assert pg.AffineObservablePMM(n=3, n_features=1, device="cpu").n_eig == 2  # min(4, n - 1): depends on x
     with pytest.warns(UserWarning, match="do not depend on x"):
-        assert pg.AffineObservablePMM(n=3, n_features=1, device="cpu").n_eig == 3
+        assert pg.AffineObservablePMM(n=3, n_eig=3, n_features=1, device="cpu").n_eig == 3
     m = pg.AffineObservablePMM(n=4, n_eig=2, n_features=2, n_outputs=3, n_secondaries=2, field="real", device="cpu")
     assert m.matrices().shape == (3, 4, 4)
     D = m.secondaries()

@@ -146,3 +146,44 @@ def test_progress_line(capsys):
     assert "epoch 3/3" in err and "val" in err and "samples/s" in err
     model().fit(X, Y, epochs=3, batch_size=24, verbose=False)
     assert capsys.readouterr().err == ""
+
+
+# --- issue 11: non-finite parameters mid-epoch and after the last step ------------------------------
+def _nan_gradient_at(call: int):
+    """MSE whose gradient is NaN at its ``call``-th call (a custom loss gone wrong)."""
+    calls = []
+
+    def loss(pred, target):
+        calls.append(1)
+        d = pred - target
+        g = (2.0 / d.size) * d
+        return (d * d).mean(), (g * np.nan if len(calls) == call else g)
+
+    return loss
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+@pytest.mark.parametrize("kw", [dict(lr=1e300), dict(loss=_nan_gradient_at(2))], ids=["huge-lr", "nan-gradient"])
+def test_nonfinite_parameters_mid_epoch_restore_the_snapshot(kw):
+    """NaN parameters make LAPACK raise LinAlgError in the next step, before any loss exists: fit must
+    treat it as divergence (restore the epoch's start, stop_reason, warning), not propagate it."""
+    X, Y = data(40)
+    m = model()
+    theta = m.theta.copy()
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        h = m.fit(X, Y, epochs=3, batch_size=8, verbose=False, **kw)
+    assert h["stop_reason"].startswith("diverged") and h["loss"] == [] and m.history is h
+    np.testing.assert_array_equal(m.theta, theta)
+    assert int(m.opt_state["step"]) == 0
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+def test_nan_from_the_last_step_is_noticed():
+    """One full-batch step per epoch, NaN gradient at the 3rd: the loss of epoch 3 is measured before the
+    update and is finite, but the parameters after it are not: epoch 3 must count as diverged."""
+    X, Y = data(16)
+    m = model()
+    with pytest.warns(RuntimeWarning, match="non-finite parameters after the last step of epoch 3"):
+        h = m.fit(X, Y, epochs=5, batch_size=16, loss=_nan_gradient_at(3), verbose=False)
+    assert h["stop_reason"] == "diverged: non-finite parameters after the last step of epoch 3"
+    assert len(h["loss"]) == 2 and np.isfinite(m.theta).all() and int(m.opt_state["step"]) == 2

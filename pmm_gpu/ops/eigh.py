@@ -6,14 +6,21 @@ the cotangent Ā is defined by dL = Re tr(Āᴴ dA).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import _cuda
 from .._xp import array_module
 
 WHICH = ("SA", "LA", "SM", "LM", "EA", "EM", "IA", "IM")
-# cuSOLVER's batched syevj/heevj takes a 32-bit lwork; stay well below 2**31 elements per call.
-_EIGH_MAX_ELEMENTS = 2**28
+# Chunks of one batched library eigh call (``eigh_max_batch``). cuSOLVER's syevjBatched/heevjBatched
+# takes a 32-bit lwork, and its workspace is ~1,050 elements per matrix even at n = 4 (cupy/cupy#7261:
+# lwork(B) = 1,028 + 1,049·B at n = 4), not n²: 2²⁰ matrices need 1.1e9 < 2³¹ − 1 (a 2× margin).
+EIGH_MAX_BATCH = 2**20
+_EIGH_MAX_ELEMENTS = 2**28  # and at most this many matrix elements per call (large n)
+LWORK_LIMIT = 2**31 - 1  # lwork is a C int
+PROBE_SAMPLES = 4  # matrices per library eigh call whose result ``eigh_probe`` checks
 
 
 def select_indices(w, k: int, which: str):
@@ -91,14 +98,88 @@ def eigh_vjp(w, V, idx, Vbar_S, eta: float):
     return A
 
 
+def eigh_max_batch(n: int, lwork: tuple[int, int] | None = None) -> int:
+    """Matrices per batched library eigh call for n×n matrices:
+
+        min(EIGH_MAX_BATCH, 2²⁸ / n²,  ((2³¹ − 1)/2 − a) / b)   with lwork(B) = a + b·B elements,
+
+    the last term only when cuSOLVER's own workspace query is at hand (``cusolver_lwork``): half the
+    32-bit limit, a 2× margin over the measured linear growth."""
+    step = min(EIGH_MAX_BATCH, max(1, _EIGH_MAX_ELEMENTS // (n * n)))
+    if lwork is not None:
+        fixed, per_matrix = lwork
+        step = min(step, max(1, (LWORK_LIMIT // 2 - fixed) // max(per_matrix, 1)))
+    return step
+
+
 def eigh_chunked(eigh, M, xp, max_batch: int | None = None):
-    """Apply ``eigh`` (returning an array or a tuple of arrays) to M (B, n, n) in batch chunks that fit
-    the solver's 32-bit workspace."""
+    """Apply ``eigh`` (returning an array or a tuple of arrays) to M (B, n, n) in batch chunks of at
+    most ``max_batch`` (default ``eigh_max_batch(n)``) matrices, so the solver's 32-bit workspace fits."""
     B, n = M.shape[0], M.shape[1]
-    step = max_batch or max(1, _EIGH_MAX_ELEMENTS // (n * n))
+    step = max_batch or eigh_max_batch(n)
     if B <= step:
         return eigh(M)
     return concat_batches([eigh(M[s:s + step]) for s in range(0, B, step)], xp)
+
+
+@functools.lru_cache(maxsize=None)
+def cusolver_lwork(n: int, dtype_char: str, device_id: int = 0) -> tuple[int, int] | None:
+    """(a, b) of cuSOLVER's syevjBatched/heevjBatched workspace lwork(B) = a + b·B elements for n×n
+    matrices of ``dtype_char`` (f, d, F, D), from its bufferSize query at B = 2¹⁰ and 2¹¹ (linear
+    there, cupy/cupy#7261); None where the query is unavailable (no CuPy or GPU, another CuPy API).
+    """
+    try:
+        import cupy
+        from cupy.cuda import cusolver
+
+        query = getattr(cusolver, {"f": "ssyevj", "d": "dsyevj", "F": "cheevj", "D": "zheevj"}[dtype_char]
+                        + "Batched_bufferSize")
+        with cupy.cuda.Device(device_id):
+            handle = cupy.cuda.device.get_cusolver_handle()
+            a, w = cupy.empty((1, n, n), dtype_char), cupy.empty((1, n), dtype_char.lower())
+            params = cusolver.createSyevjInfo()
+            try:  # jobz 1 = CUSOLVER_EIG_MODE_VECTOR, uplo 0 = CUBLAS_FILL_MODE_LOWER
+                l1, l2 = (int(query(handle, 1, 0, n, a.data.ptr, n, w.data.ptr, params, b)) for b in (1024, 2048))
+            finally:
+                cusolver.destroySyevjInfo(params)
+    except Exception:  # noqa: BLE001 -- any failure: fall back to the fixed bound
+        return None
+    per_matrix = -(-(l2 - l1) // 1024)
+    return max(0, l1 - 1024 * per_matrix), per_matrix
+
+
+def eigh_probe(M, w, V=None, samples: int | None = PROBE_SAMPLES, tol: float | None = None):
+    """Number of probed matrices whose library decomposition is wrong, a 0-d device integer (no sync).
+
+    Probed: at most ``samples`` matrices b evenly spread over the batch (a strided slice from b = 0,
+    no host-to-device index copy; None: all).
+    With eigenvectors V (B, n, n), for s = max_ij |M_b,ij| (1 where M_b = 0),
+
+        e_b = max( max_ij |(V_bᴴ V_b − I)_ij|,  max_ij |(M_b V_b − V_b diag(w_b))_ij| / s ),
+
+    else (eigenvalues only) the trace identity e_b = |Σ_i w_bi − tr M_b| / (n s). Bad: e_b > tol (also
+    NaN), tol = 1e3·n·eps of the precision by default (a correct result is ~n·eps; the failures this
+    catches, cuSOLVER's non-orthonormal batched eigenvectors at n > 32 (pytorch/pytorch#192483) or a
+    missed convergence, are O(1)). M (B, n, n), w (B, n) ascending.
+    """
+    xp = array_module(M)
+    B, n = M.shape[0], M.shape[-1]
+    if B == 0:
+        return xp.zeros((), np.int64)
+    tol = 1e3 * n * float(np.finfo(M.dtype).eps) if tol is None else tol
+    if samples is not None and samples < B:
+        pick = slice(None, None, -(-B // max(samples, 1)))  # every ⌈B/samples⌉-th matrix from the first
+        M, w, V = M[pick], w[pick], (None if V is None else V[pick])
+    scale = xp.abs(M).max(axis=(1, 2))
+    scale = xp.where(scale > 0, scale, 1)
+    if V is None:
+        err = xp.abs(w.sum(axis=1) - xp.trace(M, axis1=1, axis2=2)) / (n * scale)
+    else:
+        Vh = xp.conj(V.swapaxes(1, 2))
+        ortho = xp.abs(Vh @ V - xp.eye(n, dtype=V.dtype)).max(axis=(1, 2))
+        resid = xp.abs(M @ V - V * w[:, None, :]).max(axis=(1, 2)) / scale
+        err = xp.maximum(ortho, resid)
+    return (~(err <= tol)).sum()
 
 
 def concat_batches(parts, xp):
