@@ -163,10 +163,8 @@ def _train(args) -> int:
                  lr=_default(args.lr, 1e-2), validation_data=(X[val], Y[val]) if n_val else None,
                  patience=args.patience, seed=args.seed, verbose=not args.quiet)
     dt = time.perf_counter() - t0
-    if not is_main():  # an MPI rank other than 0: rank 0 reports and saves
-        return 0
-    status = save_trained(m, hist, out)
-    if status == EXIT_DIVERGED:
+    report, status = _save(m, hist, out)
+    if not report:
         return status
     print(f"{m!r}: {m.n_params} parameters, {len(hist['loss'])} epochs in {dt:.1f} s ({hist['stop_reason']})")
     for name, idx in (("train", tr), ("validation", val)):
@@ -175,6 +173,15 @@ def _train(args) -> int:
             print(f"{name:>10}: RMSE {np.sqrt(np.mean(err**2)):.4e}  max |error| {np.abs(err).max():.4e}  ({len(idx)} samples)")
     print(f"saved model to {out}")
     return status
+
+
+def _save(m, hist, out) -> tuple[bool, int]:
+    """(whether to report, exit status): rank 0 saves through ``save_trained``; another MPI rank, or a
+    run that diverged in its first epoch (nothing saved), reports nothing."""
+    if not is_main():
+        return False, 0
+    status = save_trained(m, hist, out)
+    return status != EXIT_DIVERGED, status
 
 
 def _train_default(args) -> int:
@@ -199,10 +206,8 @@ def _train_default(args) -> int:
     hist = m.fit(g_train[:, None], E["train"], epochs=_default(args.epochs, d["epochs"]), batch_size=k,
                  lr=_default(args.lr, d["lr"]), schedule="cosine", seed=args.seed, verbose=not args.quiet)
     dt = time.perf_counter() - t0
-    if not is_main():  # an MPI rank other than 0: rank 0 reports and saves
-        return 0
-    status = save_trained(m, hist, out)
-    if status == EXIT_DIVERGED:
+    report, status = _save(m, hist, out)
+    if not report:
         return status
     print(f"trained {len(hist['loss'])} epochs in {dt:.1f} s: {len(hist['loss']) * k / dt:,.0f} training samples/s "
           f"(full batch of {k}), final MSE {hist['loss'][-1] if hist['loss'] else math.nan:.2e}")
