@@ -59,7 +59,7 @@ def fit(model, X, Y, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e
     opt = Adam(model, lr=lr, betas=betas, eps=eps, clip_norm=clip_norm, weight_decay=weight_decay,
                schedule=schedule, total_steps=epochs * -(-len(Xd) // batch_size), geometry=geometry)
     stop = _EarlyStopping(model, patience, min_delta, restore_best, target_loss)
-    check_step_memory(model, min(batch_size, len(Xd)), micro_batch)
+    micro_batch = check_step_memory(model, min(batch_size, len(Xd)), micro_batch)  # "auto" resolved once
     rng = np.random.default_rng(checks.seed("seed", seed))
     dp = data_parallel(model, distributed, Xd, Yd, val, rng, epochs, batch_size)  # None: this process alone
     with _SigintStop(enabled=dp is None) as sigint:
@@ -195,12 +195,16 @@ def check_step_memory(model, batch: int, micro_batch=None):
     """Before training: a ValueError when a step of ``batch`` samples cannot fit in the backend's free
     memory (``free_memory``) even by a lower bound, M(x) and its eigenvectors V (two n×n matrices per
     sample; measured: 3.3–3.7 on the CPU, n = 8–16), and a RuntimeWarning when the conservative estimate
-    ``step_bytes_per_sample`` exceeds it. With ``micro_batch`` a step holds one micro-batch at a time."""
+    ``step_bytes_per_sample`` exceeds it. With ``micro_batch`` a step holds one micro-batch at a time.
+    Returns ``micro_batch`` with "auto" resolved to its size, so that the training loop does not query
+    the free memory (a driver call on CUDA) at every step."""
+    if micro_batch == "auto":
+        micro_batch = model.micro_batch_size(micro_batch, batch)
     m = min(batch, model.micro_batch_size(micro_batch, batch))
     try:
         free = model.backend.free_memory()
     except Exception:  # the backend cannot tell (e.g. the CUDA emulation of the tests): no check
-        return
+        return micro_batch
     elem = np.result_type(model.real_dtype, np.complex64 if model.field == "complex" else model.real_dtype).itemsize
     floor, estimate = 2 * model.n ** 2 * elem * m, model.step_bytes_per_sample() * m
     step = f"a training step of {m} samples" + (f" (a micro-batch of batch_size={batch})" if m < batch else "")
@@ -211,6 +215,7 @@ def check_step_memory(model, batch: int, micro_batch=None):
     if estimate > free:
         warnings.warn(f"batch_size={batch}: {step} may need up to {estimate / 2**30:.2f} GiB, more than the "
                       f"{free / 2**30:.2f} GiB free; consider micro_batch='auto'", RuntimeWarning, stacklevel=3)
+    return micro_batch
 
 
 def _validate(evaluate_fn, model, val, val_fn, chunk: int) -> float:
