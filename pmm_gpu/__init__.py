@@ -8,7 +8,7 @@ PMM types as pure functions with their reverse mode), ``pmm_gpu.models`` (thin s
 """
 from . import functional
 from ._xp import array_module
-from .backend import cuda_status, get_backend
+from .backend import cuda_status, get_backend, set_num_threads
 from .conformal import ConformalRegressor
 from .models import AffineEigenvaluePMM, AffineObservablePMM, load
 from .scaling import Scaler
@@ -16,7 +16,7 @@ from .train import StopTraining
 
 __version__ = "0.1.0"
 __all__ = ["AffineEigenvaluePMM", "AffineObservablePMM", "PMMRegressor", "PMMClassifier", "load", "functional",
-           "array_module", "get_backend", "cuda_status", "ConformalRegressor", "Scaler", "StopTraining", "__version__"]
+           "array_module", "get_backend", "cuda_status", "set_num_threads", "ConformalRegressor", "Scaler", "StopTraining", "__version__"]
 
 
 def __getattr__(name):

@@ -11,19 +11,23 @@ On NumPy they are array code around LAPACK (the reference oracle); on CUDA the `
 cuSOLVER (cupy.linalg.eigh, the same array code) or pmm_gpu's Jacobi kernel (ops/jacobi.py), which
 fuses the assembly, the selection of eigenvectors and the observables into one launch.
 
+CPU threads. A NumPy op runs on one core; ``split`` cuts a batch into one contiguous part per thread
+(``set_num_threads``; default: the usable cores) and ``map`` runs a function over the parts on a thread
+pool (NumPy and LAPACK release the GIL). The training step (models/base.py) and the eigensolver use
+them; the CUDA backend has one part, the GPU parallelising inside every launch.
+
 Device selection (docs/DESIGN.md §3): ``device="cpu" | "cuda" | "auto"``; "auto" picks CUDA only when
 ``cupy.is_available()`` is true. CuPy is imported lazily, never at import time of pmm_gpu.
 """
 from __future__ import annotations
 
-import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from . import _pool
 from ._xp import nvtx_range, with_ones
 from .ops import adam, assemble, eigh, jacobi, observable
 
@@ -39,6 +43,11 @@ AUTO_JACOBI_MAX_N = 0
 # Mp = X1 @ Pp by one GEMM (cuBLAS), unpacks M and runs the plain Jacobi kernel instead. 32 is a
 # guess until profiling/bench_eigh.py measures the crossover on a GPU.
 FUSED_ASSEMBLY_MAX_P = 32
+# ``assemble`` forms M(x) with one GEMM over the full matrices up to this p, and over the packed ones
+# (then unpacked) above it. Measured on the CPU (n = 8, B = 1024, complex, ms): p = 2 0.03 vs 1.3, p = 32
+# 0.19 vs 0.25, p = 128 0.73 vs 0.53; the unpacking's fresh (B, n, n) temporaries are what the folded
+# GEMM saves, its doubled flops what it pays.
+FOLDED_ASSEMBLY_MAX_P = 64
 
 
 @dataclass(frozen=True)
@@ -98,22 +107,8 @@ def resolve_eigh_solver(solver: str, n: int) -> str:
     return check_eigh_solver(solver, n)
 
 
-_MIN_CHUNK = 64
-
-
-@functools.lru_cache(maxsize=None)
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(workers, thread_name_prefix="pmm_gpu-lapack")
-
-
-# A forked child inherits the cached pool but not its threads: its first map would wait forever (the
-# pool counts the parent's idle workers as its own). The child starts with no pool and makes its own.
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_thread_pool.cache_clear)
-
-
 def set_num_threads(n: int):
-    """Threads the CPU backend splits each batched eigendecomposition over (default: usable cores)."""
+    """Threads the CPU backend splits each batch over (``NumpyBackend.split``; default: usable cores)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"num_threads must be an int >= 1, got {n!r}")
     NumpyBackend.num_threads = n
@@ -149,28 +144,74 @@ class NumpyBackend:
         return self._lapack_batched(np.linalg.eigh, M)
 
     def _lapack_batched(self, f, M):
-        """f (numpy.linalg.eigh or eigvalsh) over the batch M (B, n, n) in up to ``num_threads``
-        contiguous chunks on a thread pool; per-chunk results are joined along the batch axis.
+        """f (numpy.linalg.eigh or eigvalsh) over the batch M (B, n, n), one ``split`` part per thread;
+        the parts' results are joined along the batch axis, bitwise those of one call.
 
         NumPy's linalg gufuncs release the GIL but loop over the batch on one core, and LAPACK is
-        single-threaded at PMM sizes, so the chunks run truly in parallel (eigh: 1.45× at n = 8, 1.85×
-        at n = 16 on 2 cores, B = 1024), and the result is bitwise the same. Splitting the cheaper
-        per-sample ops (assembly, VJPs) the same way measured slower at n = 8 and ±5 % at n = 16.
-        Chunks below _MIN_CHUNK matrices are not worth a thread.
+        single-threaded at PMM sizes, so the parts run truly in parallel (eigh: 1.45× at n = 8, 1.85×
+        at n = 16 on 2 cores, B = 1024).
         """
-        chunks = min(self.num_threads, M.shape[0] // _MIN_CHUNK)
-        if chunks <= 1:
+        parts = self.split(M.shape[0])
+        if len(parts) == 1:
             return f(M)
-        bounds = np.linspace(0, M.shape[0], chunks + 1).astype(int)
-        parts = _thread_pool(self.num_threads).map(f, [M[a:b] for a, b in zip(bounds, bounds[1:])])
-        return eigh.concat_batches(list(parts), np)
+        return eigh.concat_batches(self.map(lambda ab: f(M[ab[0]:ab[1]]), parts), np)
+
+    def split(self, B: int) -> list[tuple[int, int]]:
+        """A batch of B items as contiguous (start, stop) parts, one per thread: min(num_threads,
+        B // MIN_PART) of them (at least one; exactly one inside a part already running on the pool)."""
+        k = 1 if _pool.in_part() else min(self.num_threads, B // _pool.MIN_PART)
+        if k <= 1:
+            return [(0, B)]
+        bounds = np.linspace(0, B, k + 1).astype(int).tolist()
+        return list(zip(bounds[:-1], bounds[1:]))
+
+    def map(self, fn, items) -> list:
+        """[fn(item) for item in items], on the thread pool when there are several (the parts of ``split``).
+        Every part has finished when it returns or raises (the first part's error, in item order)."""
+        items = list(items)
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        return _pool.run_parts(fn, items, self.num_threads)
 
     def assemble(self, X, Pp, n: int, field: str, shift=None):
-        """M (B, n, n) = assemble_forward([1, x_b] @ Pp) (+ shift (n, n)): one GEMM, then the unpacking."""
-        M = self.ops.assemble_forward(with_ones(X) @ Pp, n, field)  # (B, P) packed, then (B, n, n)
+        """M (B, n, n) = Σ_i x1_bi M_i (+ shift (n, n)), x1 = [1, x], for X (B, p) and Pp (p+1, P) packed.
+
+        Up to p = FOLDED_ASSEMBLY_MAX_P, one real GEMM of X1 with the full matrices M_i, each stored as
+        its interleaved (Re, Im) entries, writes M's memory directly. Beyond it Mp = X1 @ Pp (B, P) and
+        the unpacking: a GEMM over the P <= n² packed columns instead of 2n² halves the flops, which
+        dominate at large p. Both give bitwise the same M (the same products summed in the same order).
+        """
+        X1 = with_ones(X)
+        if X.shape[1] <= FOLDED_ASSEMBLY_MAX_P:
+            Ms = self.ops.assemble_forward(Pp, n, field).reshape(len(Pp), n * n)  # (p+1, n²)
+            M = (X1 @ Ms.view(Ms.real.dtype)).view(Ms.dtype).reshape(-1, n, n)  # (B, 2n²) real read as complex
+        else:
+            M = self.ops.assemble_forward(X1 @ Pp, n, field)  # (B, P) packed, then (B, n, n)
         if shift is not None:
             M += shift
         return M
+
+    def assemble_vjp(self, X, Pp, Abar, n: int, field: str, input_grad: bool = True):
+        """The reverse mode of ``assemble`` (shift aside) from Ā (B, n, n): (P̄ (p+1, P), X̄ (B, p) or None)
+
+            P̄ = assemble_backward(Σ_b x1_b Ā_b),     X̄_bi = Re tr(Ā_bᴴ M_i),   i = 1..p.
+
+        Up to FOLDED_ASSEMBLY_MAX_P (as ``assemble``) two GEMMs over Ā's interleaved (Re, Im) entries and
+        the packing of only the p + 1 sums; above it the packed Ḡ = assemble_backward(Ā) (B, P) and
+        P̄ = X1ᵀ Ḡ, X̄ = Ḡ Ppᵀ (Ḡ·p_i = Re tr(Āᴴ M_i): assemble_backward is assemble_forward's adjoint).
+        """
+        X1, xp = with_ones(X), self.xp
+        if X.shape[1] > FOLDED_ASSEMBLY_MAX_P:
+            G = self.ops.assemble_backward(Abar, n, field)  # (B, P)
+            return X1.T @ G, (G @ Pp[1:].T if input_grad else None)
+        A = xp.ascontiguousarray(Abar).reshape(len(X), n * n)
+        Ar = A.view(A.real.dtype)  # (B, n²) real or (B, 2n²) interleaved
+        Pbar = self.ops.assemble_backward((X1.T @ Ar).view(A.dtype).reshape(-1, n, n), n, field)
+        if not input_grad:
+            return Pbar, None
+        Ms = self.ops.assemble_forward(Pp[1:], n, field).reshape(-1, n * n)  # (p, n²)
+        Ms = Ms.astype(A.dtype).view(Ar.dtype) if xp.iscomplexobj(A) else xp.ascontiguousarray(Ms.real)
+        return Pbar, Ar @ Ms.T
 
     def assemble_eigh(self, X, Pp, n: int, field: str, *, shift=None, k: int | None = None, which: str = "SA",
                       solver: str = "auto", failures=None):
@@ -222,6 +263,10 @@ class CupyBackend(NumpyBackend):
 
     def to_numpy(self, a) -> np.ndarray:
         return self.xp.asnumpy(a)
+
+    def split(self, B: int) -> list[tuple[int, int]]:
+        """One part: the GPU parallelises inside every launch, and one stream orders the launches."""
+        return [(0, B)]
 
     def eigh(self, M, solver: str = "auto", failures=None, vectors: bool = True):
         """As NumpyBackend.eigh; "cusolver": cupy.linalg.eigh (syevj/heevjBatched), in chunks of

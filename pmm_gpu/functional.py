@@ -16,11 +16,10 @@ classes (pmm_gpu/models/) and the PyTorch/JAX bindings are thin wrappers over th
 
 Reverse mode in one line each: the eigenvalue cotangent gives Ā = V_S diag(ȳ) V_Sᴴ (ops/eigh.py
 ``eigvals_vjp``), the observables give V̄_S and D̄ (ops/observable.py), V̄_S gives Ā (``eigh_vjp``, with
-Lorentzian broadening η), and Ā goes to the parameters and the inputs through the packed cotangent
-Ḡ_b = assemble_backward(Ā_b) (B, P):
+Lorentzian broadening η), and Ā goes to the parameters and the inputs (``backend.assemble_vjp``):
 
-    primaries:  M̄ = X1ᵀ Ḡ  (+ the smoothing term's cotangent of Σ_b Ā_b)        X1 = [1, X]
-    inputs:     X̄_bi = Re tr(Ā_bᴴ M_i) = (Ḡ Ppᵀ)_bi,  i = 1..p     (C does not depend on x)
+    primaries:  M̄ = assemble_backward(Σ_b x1_b Ā_b)  (+ the smoothing term's cotangent of Σ_b Ā_b)   X1 = [1, X]
+    inputs:     X̄_bi = Re tr(Ā_bᴴ M_i),  i = 1..p     (C does not depend on x)
 """
 from __future__ import annotations
 
@@ -43,15 +42,16 @@ def _primaries_setup(X, primaries, field, smoothing, backend):
 
 
 def _assemble_backward(cache, Abar, input_grad: bool) -> dict:
-    """Ā (B, n, n) -> {"primaries": M̄ (p+1, P), "X": X̄ (B, p)} through Ḡ = assemble_backward(Ā)."""
-    be, n, field, Pp = cache["backend"], cache["n"], cache["field"], cache["primaries"]
-    Gp = be.ops.assemble_backward(Abar, n, field)  # (B, P)
-    grads = {"primaries": with_ones(cache["X"]).T @ Gp}  # (p+1, B) @ (B, P)
+    """Ā (B, n, n) -> {"primaries": M̄ (p+1, P), "X": X̄ (B, p)} (``backend.assemble_vjp``), plus the
+    smoothing term's cotangent of Σ_b Ā_b."""
+    be, n, field = cache["backend"], cache["n"], cache["field"]
+    Pbar, Xbar = be.assemble_vjp(cache["X"], cache["primaries"], Abar, n, field, input_grad)
+    grads = {"primaries": Pbar}
     if cache["smoothing"]:
         grads["primaries"] += be.ops.assemble_backward(
             smoothing_backward(cache["Ms"], cache["smoothing"], Abar.sum(axis=0)), n, field)
     if input_grad:
-        grads["X"] = Gp @ Pp[1:].T  # (B, P) @ (P, p)
+        grads["X"] = Xbar
     return grads
 
 

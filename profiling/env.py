@@ -59,7 +59,11 @@ def settle(device: str):
 
 def set_threads(n: int | None) -> str:
     """Pin every engine's CPU thread pools to n threads (None: leave the defaults); returns a description."""
-    desc = []
+    from pmm_gpu.backend import NumpyBackend, set_num_threads
+
+    if n:
+        set_num_threads(n)  # pmm_gpu's CPU backend: the threads each batch is split over
+    desc = [f"pmm_gpu {NumpyBackend.num_threads}"]
     try:
         import torch
         if n:

@@ -14,10 +14,12 @@
 #   bench      40 s  python -m profiling.bench --device cuda --quick (cases A-E, pmm_gpu vs torch, roofline)
 #   bench_eigh 45 s  python -m profiling.bench_eigh --quick (Jacobi kernel vs cuSOLVER: case E at
 #                    n = 8, 16, 32, batch 2^16 (cuSOLVER 2^14), both precisions; cases A-C per solver)
+#   time_to_accuracy 35 s  python -m profiling.time_to_accuracy --device cuda (pmm_gpu, both geometries,
+#                    and torch: epochs and seconds to each case's target loss; time_to_accuracy.md)
 #   sanitizer  40 s  compute-sanitizer memcheck + racecheck over every kernel (tests/test_gpu_hardware.py)
 #   nsys    20+10 s  where nsys exists: a short case-C training run with NVTX ranges, `nsys stats` summary
 #   summary     5 s  profiling/results/gpu-<date>-<commit>.json and .md, copied to $OUT; one table last
-# Budgets 310 s; with timeout's 5 s kill grace per step at most 355 s. Exit status 0 when compile, tests
+# Budgets 345 s; with timeout's 5 s kill grace per step at most 395 s. Exit status 0 when compile, tests
 # and both benchmarks pass.
 # Needs python3 with numpy, cupy and pytest; pmm_gpu need not be installed (PYTHONPATH=. is used).
 # NVTX ranges need the `nvtx` package: importable, or carried as a wheel in .whl/ (see the device
@@ -92,6 +94,8 @@ step tests 85 "$PY" -m pytest -m "gpu and not slow" -v -p no:cacheprovider ${PER
   --junitxml="$WORK/junit.xml" tests
 step bench 40 "$PY" -m profiling.bench --device "$DEVICE" --quick --json "$WORK/bench.json"
 step bench_eigh 45 "$PY" -m profiling.bench_eigh --device "$DEVICE" --quick --json "$WORK/bench_eigh.json"
+step time_to_accuracy 35 "$PY" -m profiling.time_to_accuracy --device "$DEVICE" --engines pmm_gpu,pmm_gpu:complex,torch \
+  --seeds 1 --rounds 3 --max-epochs 25 --out "$WORK/time_to_accuracy.md"
 
 # --- compute-sanitizer ------------------------------------------------------------------------------
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)

@@ -3,6 +3,7 @@ parameters, to bring the training loss of cases A–D (docs/DESIGN.md §5) down 
 
     python -m profiling.time_to_accuracy --seeds 3 --out profiling/results/time-to-accuracy-cpu.md
     python -m profiling.time_to_accuracy --cases A,B --engines pmm_gpu,pmm_gpu:complex --curves
+    python -m profiling.time_to_accuracy --device cuda --engines pmm_gpu,torch --rounds 3   (gpu_check.sh)
 
 Engines: "pmm_gpu" (pmm_gpu.optim.Adam, geometry "real": Adam per real packed parameter),
 "pmm_gpu:complex" (geometry "complex": pyPMM's complex Adam, one second moment per complex matrix entry),
@@ -55,7 +56,7 @@ class Run:
 def run_pmm(case, X, Y, cfg, geometry: str, seed: int, target: float | None) -> Run:
     """pmm_gpu's fit; its callback evaluates the training-set loss and stops at the target."""
     loss, run = get_loss(case.loss), Run("pmm_gpu" if geometry == "real" else f"pmm_gpu:{geometry}", seed)
-    m = bench.make_pmm(case, "cpu", cfg.dtype)
+    m = bench.make_pmm(case, cfg.device, cfg.dtype)
 
     def after_epoch(epoch, hist):
         run.losses.append(float(loss(m.predict(X, as_numpy=False), m.backend.asarray(Y))[0]))
@@ -72,7 +73,7 @@ def run_torch(case, X, Y, cfg, params: dict, seed: int, target: float | None) ->
 
     from . import torch_pmm
 
-    eng = bench.TorchEngine(case, "cpu", cfg.dtype, X, Y, cfg.lr, params)
+    eng = bench.TorchEngine(case, cfg.device, cfg.dtype, X, Y, cfg.lr, params)
     run, rng, f = Run("torch", seed), np.random.default_rng(seed), torch_pmm.loss_fn(case.loss)
     for _ in range(cfg.max_epochs):
         torch_pmm.fit(eng.model, eng.opt, eng.X, eng.Y, epochs=1, batch_size=case.batch, loss=case.loss, rng=rng)
@@ -86,7 +87,7 @@ def run_torch(case, X, Y, cfg, params: dict, seed: int, target: float | None) ->
 def run_pypmm(case, X, Y, cfg, params: dict, seed: int) -> Run:
     """pyPMM's Model.train over all epochs in one call (it has no per-epoch exit); the per-epoch callback
     copies the parameters to the host, and the losses are evaluated afterwards."""
-    peer = pypmm_peer.PyPMMEngine(case, "cpu", cfg.dtype, X, Y, cfg.lr, params)
+    peer = pypmm_peer.PyPMMEngine(case, cfg.device, cfg.dtype, X, Y, cfg.lr, params)
     jax, snaps = peer.jax, []
 
     def callback(batch_rng, epoch, p):
@@ -120,19 +121,19 @@ def seconds_per_epoch(case, X, Y, cfg, engines, params) -> dict[str, float]:
     timed = []
     for e in engines:
         if e == "pmm_gpu":
-            timed.append(bench.PmmEngine(case, "cpu", cfg.dtype, X, Y, cfg.lr))
+            timed.append(bench.PmmEngine(case, cfg.device, cfg.dtype, X, Y, cfg.lr))
         elif e == "pmm_gpu:complex":
-            timed.append(_ComplexPmmEngine(case, "cpu", cfg.dtype, X, Y, cfg.lr))
+            timed.append(_ComplexPmmEngine(case, cfg.device, cfg.dtype, X, Y, cfg.lr))
         elif e == "torch":
-            timed.append(bench.TorchEngine(case, "cpu", cfg.dtype, X, Y, cfg.lr, params))
+            timed.append(bench.TorchEngine(case, cfg.device, cfg.dtype, X, Y, cfg.lr, params))
         else:
-            timed.append(pypmm_peer.PyPMMEngine(case, "cpu", cfg.dtype, X, Y, cfg.lr, params))
+            timed.append(pypmm_peer.PyPMMEngine(case, cfg.device, cfg.dtype, X, Y, cfg.lr, params))
     for eng in timed:
         eng.train(1)
     times = {e: [] for e in engines}
     for _ in range(cfg.rounds):
         for name, eng in zip(engines, timed):
-            env.settle("cpu")
+            env.settle(cfg.device)
             times[name].append(eng.train(TIMED_EPOCHS) / TIMED_EPOCHS)
     return {name: float(np.median(t)) for name, t in times.items()}
 
@@ -140,11 +141,11 @@ def seconds_per_epoch(case, X, Y, cfg, engines, params) -> dict[str, float]:
 def run_case(case, cfg, engines, notes) -> tuple[list[Run], dict[str, float]]:
     """Every engine's trajectories (each seed) and seconds per epoch on one case, from one start."""
     X, Y = bench.make_data(case, cfg.samples, cfg.dtype)
-    params = {k: v.copy() for k, v in bench.make_pmm(case, "cpu", cfg.dtype).params.items()}
+    params = {k: v.copy() for k, v in bench.make_pmm(case, "cpu", cfg.dtype).params.items()}  # host init: any device
     target = None if cfg.curves else cfg.targets[case.name]
     ok = []
     for engine in engines:
-        why = {"torch": env.torch_note("cpu"), "pypmm": env.pypmm_note()}.get(engine)
+        why = {"torch": env.torch_note(cfg.device), "pypmm": env.pypmm_note()}.get(engine)
         notes.extend([why] if why else [])
         ok += [] if why else [engine]
     runs = []
@@ -198,6 +199,7 @@ def parse(argv):
     ap.add_argument("--samples", type=int, default=4096)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="every engine on this device")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for every engine (env.set_threads)")
     ap.add_argument("--curves", action="store_true", help="train every engine for all --max-epochs")
     ap.add_argument("--out", default=None, help="also write the report (markdown) to this file")
@@ -216,7 +218,7 @@ def main(argv=None) -> int:
     cfg = parse(argv)
     threads = env.set_threads(cfg.threads)
     head = (f"# time to accuracy | {time.strftime('%Y-%m-%d %H:%M')} | commit {env.commit()} | {env.host()}\n"
-            f"# {cfg.dtype}, {cfg.samples} samples, lr {cfg.lr}, <= {cfg.max_epochs} epochs, {cfg.seeds} batch "
+            f"# {cfg.device}, {cfg.dtype}, {cfg.samples} samples, lr {cfg.lr}, <= {cfg.max_epochs} epochs, {cfg.seeds} batch "
             f"order(s) per engine, {cfg.rounds} timing rounds, threads {threads}")
     print(head, flush=True)
     results, notes = {}, []

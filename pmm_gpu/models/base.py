@@ -224,28 +224,52 @@ class PMM:
             L = Σ_c w_c L_c,     ∂L/∂θ = Σ_c ∂L_c/∂θ |_{∂L/∂out scaled by w_c}
 
         (the reverse mode is linear in the output cotangent): the unsplit gradient, up to rounding.
-        With m >= B it is exactly the unsplit computation.
+        With m >= B it is exactly the unsplit computation. Within each (micro-)batch the backend's
+        threads share the forward and backward passes (``_split_step``).
         """
         B = len(X)
         m = self.micro_batch_size(micro_batch, B)
-        if m >= B:
-            out, cache = self.forward(X, need_grad=True)
-            value, gout = loss_fn(out, Y)
-            self.backward(cache, gout, grad)
-            return value
         flat = self.grad if grad is None else grad
         views = self._views(flat)
+        if m >= B:
+            value, grads = self._split_step(X, Y, loss_fn, 1.0)
+            for name, g in grads.items():
+                views[name][...] = g
+            return value
         flat.fill(0)
         total = None
         for s in range(0, B, m):
             w = min(m, B - s) / B
-            out, cache = self.forward(X[s:s + m], need_grad=True)
-            value, gout = loss_fn(out, Y[s:s + m])
-            for name, g in self._backward_fn(cache, gout * w, input_grad=False).items():
+            value, grads = self._split_step(X[s:s + m], Y[s:s + m], loss_fn, w)
+            for name, g in grads.items():
                 views[name] += g
-            total = value * w if total is None else total + value * w
-            del out, cache, gout  # before the next micro-batch's forward allocates
+            total = value if total is None else total + value
+            del grads  # before the next micro-batch's forward allocates
         return total
+
+    def _split_step(self, X, Y, loss_fn, weight: float):
+        """(w·L, w·∂L/∂θ as a dict of parameter arrays) for one batch, L = loss_fn(outputs, Y) and w = weight.
+
+        The forward and the backward run over the backend's ``split`` of the batch (on the CPU one part
+        per thread: the whole per-sample pipeline, not just the eigensolver, in parallel); the loss is
+        evaluated once on the joined outputs, so any loss gets its exact cotangent. One part (the CUDA
+        backend, small batches, one thread) is exactly the unsplit computation; several differ from it
+        by the rounding of the parameter cotangents' sum over the parts.
+        """
+        be = self.backend
+        parts = be.split(len(X))
+        fwd = be.map(lambda ab: self.forward(X[ab[0]:ab[1]], need_grad=True), parts)
+        out = fwd[0][0] if len(fwd) == 1 else be.xp.concatenate([o for o, _ in fwd], axis=0)
+        value, gout = loss_fn(out, Y)
+        if weight != 1.0:
+            value, gout = value * weight, gout * weight
+        del out
+        grads = be.map(lambda i: self._backward_fn(fwd[i][1], gout[parts[i][0]:parts[i][1]], input_grad=False),
+                       range(len(parts)))
+        total = grads[0]
+        for g in grads[1:]:
+            total = {name: total[name] + g[name] for name in total}
+        return value, total
 
     def micro_batch_size(self, micro_batch, batch: int) -> int:
         """Samples per micro-batch of a step over ``batch`` samples: ``batch`` for None (no split), the
