@@ -312,7 +312,7 @@ class DataParallel:
         total = xp.zeros((), dtype=model.real_dtype)
         for s in range(lo, hi, batch_size):
             e = min(s + batch_size, hi)
-            out, _ = model.forward(X[s:e])
+            out = model.device_predict(X[s:e])
             total += loss_fn(out, Y[s:e])[0] * (e - s)
         sums = self.host.host_allreduce(np.array([float(total), int(model.eigh_failures) - failed_before]))
         model.eigh_failures.fill(failed_before + int(sums[1]))

@@ -350,7 +350,7 @@ def evaluate(model, X, Y, loss_fn, batch_size: int = 8192) -> float:
     xp = model.backend.xp
     total = xp.zeros((), dtype=model.real_dtype)
     for s in range(0, len(X), batch_size):
-        out, _ = model.forward(X[s:s + batch_size])
+        out = model.device_predict(X[s:s + batch_size])
         total += loss_fn(out, Y[s:s + batch_size])[0] * len(out)
     return float(total) / len(X)
 

@@ -153,3 +153,20 @@ def test_folded_and_packed_assembly_agree(field, cotangent, monkeypatch):
     X1 = np.c_[np.ones(B), X]
     np.testing.assert_allclose(folded[1][0], X1.T @ assemble_backward(A, n, field), rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(folded[1][1], np.einsum("bjk,ijk->bi", np.conj(A), Ms[1:]).real, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("model", ["eigenvalue", "observable"])
+def test_threaded_predict_equals_one_thread(model, monkeypatch):
+    """predict (and validation) run the forward over the split batch: the same outputs as one thread (each
+    sample's math is its own; 1e-14 allows a GEMM that blocks the joined batch differently)."""
+    from pmm_gpu import backend as bk
+
+    X = np.random.default_rng(4).uniform(-1, 1, (500, 2))
+    cls = pg.AffineEigenvaluePMM if model == "eigenvalue" else pg.AffineObservablePMM
+    m = cls(n=6, n_features=2, device="cpu", seed=1, **({"n_eig": 2} if model == "eigenvalue" else {"n_outputs": 3}))
+    monkeypatch.setattr(bk.NumpyBackend, "num_threads", 1)
+    ref = m.predict(X)
+    monkeypatch.setattr(bk.NumpyBackend, "num_threads", 3)
+    got = m.predict(X)
+    np.testing.assert_allclose(got, ref, rtol=1e-14, atol=1e-14)
+    assert got.shape == (500, m.n_outputs)

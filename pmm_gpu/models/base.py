@@ -317,12 +317,19 @@ class PMM:
         X = checks.features(X, self.n_features, self.real_dtype)
         batch_size = checks.positive_int("batch_size", batch_size)
         try:
-            out = [self.forward(self.backend.asarray(X[s:s + batch_size]))[0] for s in range(0, len(X), batch_size)]
+            out = [self.device_predict(self.backend.asarray(X[s:s + batch_size])) for s in range(0, len(X), batch_size)]
         except np.linalg.LinAlgError:  # LAPACK refuses M(x) with inf entries
             raise checks.overflow_error("predict", X, "the eigensolver failed") from None
         out = self.backend.xp.concatenate(out, axis=0)
         checks.finite_result("predict", out, X)  # e.g. X = ±1e308: −inf eigenvalues, never returned silently
         return self.backend.to_numpy(out) if as_numpy else out
+
+    def device_predict(self, X):
+        """Outputs (B, n_outputs) for a device batch X (B, p) (already checked), the forward run over the
+        backend's ``split`` of the batch (on the CPU one part per thread)."""
+        be = self.backend
+        outs = be.map(lambda ab: self.forward(X[ab[0]:ab[1]])[0], be.split(len(X)))
+        return outs[0] if len(outs) == 1 else be.xp.concatenate(outs, axis=0)
 
     def loss_and_grad(self, X, Y, loss="mse", *, huber_delta: float = 1.0, micro_batch=None, sigma=None):
         """(loss, grads) for the batch (X, Y): loss a float, grads NumPy arrays keyed like ``params``.
