@@ -107,6 +107,9 @@ def resolve_eigh_solver(solver: str, n: int) -> str:
     return check_eigh_solver(solver, n)
 
 
+USABLE_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def set_num_threads(n: int):
     """Threads the CPU backend splits each batch over (``NumpyBackend.split``; default: usable cores)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -119,7 +122,7 @@ class NumpyBackend:
 
     name = "cpu"
     ops = NUMPY_OPS
-    num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    num_threads = USABLE_CORES
 
     def __init__(self):
         self.xp = np

@@ -45,7 +45,7 @@ import zlib
 
 import numpy as np
 
-from .backend import cuda_status
+from .backend import USABLE_CORES, NumpyBackend, cuda_status, set_num_threads
 
 # (rank, size, local rank) variables of the launchers, most specific first; the local rank may be absent.
 LAUNCH_VARS = (("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
@@ -167,8 +167,9 @@ def init(select_gpu: bool = True) -> Communicator:
         MPI = _import_mpi()
         comm = MPI.COMM_WORLD.Dup()
         comm.Set_errhandler(MPI.ERRORS_ARE_FATAL)
-        env = launch_env()
-        local = env[2] if env is not None and env[2] is not None else comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+        env, node = launch_env(), comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks sharing this node
+        local = env[2] if env is not None and env[2] is not None else node.Get_rank()
+        share_cpu_threads(node.Get_size())
         _STATE["world"] = world = MpiCommunicator(comm, local)
         if world.size > 1:
             _install_excepthook(world)
@@ -177,6 +178,14 @@ def init(select_gpu: bool = True) -> Communicator:
 
             cupy.cuda.Device(local % cupy.cuda.runtime.getDeviceCount()).use()
     return _STATE["world"]
+
+
+def share_cpu_threads(ranks_on_node: int):
+    """Split the node's cores among its ranks: a rank whose CPU thread count is still the default (every
+    usable core) gets USABLE_CORES // ranks_on_node (at least 1), so ranks × threads do not oversubscribe
+    the cores. A count set by ``pmm_gpu.set_num_threads`` is left alone."""
+    if ranks_on_node > 1 and NumpyBackend.num_threads == USABLE_CORES:
+        set_num_threads(max(1, USABLE_CORES // ranks_on_node))
 
 
 def _install_excepthook(world: Communicator):

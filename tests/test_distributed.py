@@ -169,6 +169,17 @@ def test_launch_detection_and_shards():
         assert max(hi - lo for lo, hi in parts) - min(hi - lo for lo, hi in parts) <= 1
 
 
+def test_ranks_on_a_node_share_its_cores(monkeypatch):
+    """init gives each of R ranks on a node cores // R CPU threads (at least 1), unless set_num_threads chose."""
+    from pmm_gpu import backend
+
+    monkeypatch.setattr(distributed, "USABLE_CORES", 16)
+    for default, ranks, want in ((16, 4, 4), (16, 1, 16), (16, 32, 1), (5, 4, 5)):  # 5: set by the user
+        monkeypatch.setattr(backend.NumpyBackend, "num_threads", default)
+        distributed.share_cpu_threads(ranks)
+        assert backend.NumpyBackend.num_threads == want, (default, ranks)
+
+
 def test_single_process_never_imports_mpi4py(tmp_path):
     """Without an MPI launch (and under one with distributed=False) fit neither imports mpi4py nor
     changes a number: the single-process path is the plain trainer."""
