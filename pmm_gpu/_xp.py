@@ -19,12 +19,6 @@ def array_module(a):
     return cupy.get_array_module(a)
 
 
-def with_ones(X):
-    """X1 = [1, X] (B, p+1): the coefficients of M_0, M_1..M_p for the rows of X (B, p)."""
-    xp = array_module(X)
-    return xp.concatenate([xp.ones((X.shape[0], 1), dtype=X.dtype), X], axis=1)
-
-
 @functools.lru_cache(maxsize=None)
 def _nvtx_annotate():
     try:

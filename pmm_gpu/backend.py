@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from . import _pool
-from ._xp import nvtx_range, with_ones
+from ._xp import nvtx_range
 from .ops import adam, assemble, eigh, jacobi, observable
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -177,19 +177,24 @@ class NumpyBackend:
         return _pool.run_parts(fn, items, self.num_threads)
 
     def assemble(self, X, Pp, n: int, field: str, shift=None):
-        """M (B, n, n) = Σ_i x1_bi M_i (+ shift (n, n)), x1 = [1, x], for X (B, p) and Pp (p+1, P) packed.
+        """M (B, n, n) = M_0 + Σ_i x_bi M_i (+ shift (n, n)) for X (B, p) and Pp (p+1, P) packed.
 
-        Up to p = FOLDED_ASSEMBLY_MAX_P, one real GEMM of X1 with the full matrices M_i, each stored as
-        its interleaved (Re, Im) entries, writes M's memory directly. Beyond it Mp = X1 @ Pp (B, P) and
-        the unpacking: a GEMM over the P <= n² packed columns instead of 2n² halves the flops, which
-        dominate at large p. Both give bitwise the same M (the same products summed in the same order).
+        Up to p = FOLDED_ASSEMBLY_MAX_P, one real GEMM of X with the full matrices M_1..M_p, each stored as
+        its interleaved (Re, Im) entries, writes M's memory directly (then M_0 is added). Beyond it
+        Mp = M_0 + X @ Pp[1:] (B, P) and the unpacking: a GEMM over the P <= n² packed columns instead of
+        2n² halves the flops, which dominate at large p. Both give bitwise the same M. No [1, X] copy is
+        made: at p = 784 it is a fresh 6 MB array per batch of 1024.
         """
-        X1 = with_ones(X)
         if X.shape[1] <= FOLDED_ASSEMBLY_MAX_P:
             Ms = self.ops.assemble_forward(Pp, n, field).reshape(len(Pp), n * n)  # (p+1, n²)
-            M = (X1 @ Ms.view(Ms.real.dtype)).view(Ms.dtype).reshape(-1, n, n)  # (B, 2n²) real read as complex
+            Mr = Ms.view(Ms.real.dtype)  # (p+1, n²) real or (p+1, 2n²) interleaved
+            M = X @ Mr[1:]
+            M += Mr[0]
+            M = M.view(Ms.dtype).reshape(-1, n, n)
         else:
-            M = self.ops.assemble_forward(X1 @ Pp, n, field)  # (B, P) packed, then (B, n, n)
+            Mp = X @ Pp[1:]
+            Mp += Pp[0]
+            M = self.ops.assemble_forward(Mp, n, field)  # (B, P) packed, then (B, n, n)
         if shift is not None:
             M += shift
         return M
@@ -197,19 +202,22 @@ class NumpyBackend:
     def assemble_vjp(self, X, Pp, Abar, n: int, field: str, input_grad: bool = True):
         """The reverse mode of ``assemble`` (shift aside) from Ā (B, n, n): (P̄ (p+1, P), X̄ (B, p) or None)
 
-            P̄ = assemble_backward(Σ_b x1_b Ā_b),     X̄_bi = Re tr(Ā_bᴴ M_i),   i = 1..p.
+            P̄_0 = assemble_backward(Σ_b Ā_b),  P̄_i = assemble_backward(Σ_b x_bi Ā_b),  X̄_bi = Re tr(Ā_bᴴ M_i).
 
-        Up to FOLDED_ASSEMBLY_MAX_P (as ``assemble``) two GEMMs over Ā's interleaved (Re, Im) entries and
-        the packing of only the p + 1 sums; above it the packed Ḡ = assemble_backward(Ā) (B, P) and
-        P̄ = X1ᵀ Ḡ, X̄ = Ḡ Ppᵀ (Ḡ·p_i = Re tr(Āᴴ M_i): assemble_backward is assemble_forward's adjoint).
+        Up to FOLDED_ASSEMBLY_MAX_P (as ``assemble``) a column sum and a GEMM over Ā's interleaved (Re, Im)
+        entries, then the packing of only the p + 1 sums; above it the packed Ḡ = assemble_backward(Ā)
+        (B, P), P̄ = [Σ_b Ḡ_b; Xᵀ Ḡ] and X̄ = Ḡ Pp[1:]ᵀ (Ḡ·p_i = Re tr(Āᴴ M_i): assemble_backward is
+        assemble_forward's adjoint).
         """
-        X1, xp = with_ones(X), self.xp
+        xp = self.xp
         if X.shape[1] > FOLDED_ASSEMBLY_MAX_P:
             G = self.ops.assemble_backward(Abar, n, field)  # (B, P)
-            return X1.T @ G, (G @ Pp[1:].T if input_grad else None)
+            Pbar = xp.concatenate([G.sum(axis=0)[None], X.T @ G], axis=0)
+            return Pbar, (G @ Pp[1:].T if input_grad else None)
         A = xp.ascontiguousarray(Abar).reshape(len(X), n * n)
         Ar = A.view(A.real.dtype)  # (B, n²) real or (B, 2n²) interleaved
-        Pbar = self.ops.assemble_backward((X1.T @ Ar).view(A.dtype).reshape(-1, n, n), n, field)
+        sums = xp.concatenate([Ar.sum(axis=0)[None], X.T @ Ar], axis=0)  # (p+1, n²) or (p+1, 2n²)
+        Pbar = self.ops.assemble_backward(sums.view(A.dtype).reshape(-1, n, n), n, field)
         if not input_grad:
             return Pbar, None
         Ms = self.ops.assemble_forward(Pp[1:], n, field).reshape(-1, n * n)  # (p, n²)

@@ -23,7 +23,7 @@ Lorentzian broadening η), and Ā goes to the parameters and the inputs (``backe
 """
 from __future__ import annotations
 
-from ._xp import array_module, nvtx_range, with_ones
+from ._xp import array_module, nvtx_range
 from .backend import backend_of
 from .ops.assemble import n_from_packed, smoothing_backward, smoothing_shift
 from .ops.eigh import select, select_indices
