@@ -170,3 +170,45 @@ def test_threaded_predict_equals_one_thread(model, monkeypatch):
     got = m.predict(X)
     np.testing.assert_allclose(got, ref, rtol=1e-14, atol=1e-14)
     assert got.shape == (500, m.n_outputs)
+
+
+def test_blas_holds_one_thread_inside_parts_and_is_restored(monkeypatch):
+    """While split parts run, BLAS has one thread (no oversubscription); afterwards the original count is
+    back, also when two callers on separate threads overlap (a counted limit)."""
+    import threading
+    import time
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from pmm_gpu import backend as bk
+
+    blas = lambda: [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    if not blas():
+        pytest.skip("threadpoolctl sees no BLAS library")
+    monkeypatch.setattr(bk.NumpyBackend, "num_threads", 2)
+    be = bk.NumpyBackend()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = blas()
+        inside = be.map(lambda i: blas(), [0, 1])
+        assert inside == [[1] * len(before)] * 2 and blas() == before
+        # Overlapping callers: A enters first and leaves first, B enters while A's limit holds and leaves
+        # last (pmm_gpu counts them, so B restores nothing it found on entry).
+        barrier, a_inside = threading.Barrier(2), threading.Event()
+
+        def part_a(i):
+            if i == 0:
+                a_inside.set()
+                barrier.wait(timeout=10)
+
+        def part_b(i):
+            if i == 0:
+                barrier.wait(timeout=10)
+                time.sleep(0.2)
+
+        a = threading.Thread(target=be.map, args=(part_a, [0, 1]))
+        b = threading.Thread(target=be.map, args=(part_b, [0, 1]))
+        a.start()
+        assert a_inside.wait(timeout=10)
+        b.start()
+        a.join(timeout=30)
+        b.join(timeout=30)
+        assert blas() == before

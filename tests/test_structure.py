@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OPTIONAL = {"cupy", "cupyx", "torch", "jax", "jaxlib", "sklearn", "nvtx", "mpi4py", "psutil", "scipy"}
+OPTIONAL = {"cupy", "cupyx", "torch", "jax", "jaxlib", "sklearn", "nvtx", "mpi4py", "psutil", "scipy", "threadpoolctl"}
 MAX_FUNCTION, MAX_MODULE, MAX_FIT = 80, 400, 60
 
 
