@@ -40,7 +40,7 @@ EIGH_SOLVERS = ("auto", "cusolver", "jacobi")
 AUTO_JACOBI_MAX_N = 0
 # The fused Jacobi launches assemble each entry of M(x) in the kernel, a loop over the p + 1 terms
 # (about 1,600 dependent FMAs per entry at p = 784, case D); above this p the CUDA backend forms
-# Mp = X1 @ Pp by one GEMM (cuBLAS), unpacks M and runs the plain Jacobi kernel instead. 32 is a
+# M(x) by GEMM (cuBLAS, ``assemble``) and runs the plain Jacobi kernel instead. 32 is a
 # guess until profiling/bench_eigh.py measures the crossover on a GPU.
 FUSED_ASSEMBLY_MAX_P = 32
 # ``assemble`` forms M(x) with one GEMM over the full matrices up to this p, and over the packed ones
@@ -310,7 +310,7 @@ class CupyBackend(NumpyBackend):
                                          failures=failures)
         if X.shape[1] > FUSED_ASSEMBLY_MAX_P:
             with nvtx_range("assemble"):
-                M = self.assemble(X, Pp, n, field)  # (B, n, n): Mp = X1 @ Pp by cuBLAS, then unpacked
+                M = self.assemble(X, Pp, n, field)  # (B, n, n) by cuBLAS GEMM
             with nvtx_range("eigh"):
                 w, V, sweeps = jacobi.eigh_jacobi_cuda(M, k=k, which=which, max_sweeps=jacobi.MAX_SWEEPS)
         else:

@@ -8,18 +8,18 @@
 # junit file), writes its results as it goes, and is recorded in steps.tsv; the working folder is
 # re-packed into $OUT/gpu_check.tgz after every step, so a cut-off run still returns what it measured.
 #   device     10 s  name the GPU (CupyBackend.describe, nvidia-smi); without one: exit 77, nothing written
-#   compile    55 s  python -m profiling.compile_kernels: every kernel instantiation, failures by name,
+#   compile    45 s  python -m profiling.compile_kernels: every kernel instantiation, failures by name,
 #                    registers/shared memory per instantiation; fills CuPy's kernel cache for the tests
 #   tests      85 s  pytest -m "gpu and not slow" (CuPy backend vs the NumPy oracle, kernels, issue 12)
-#   bench      40 s  python -m profiling.bench --device cuda --quick (cases A-E, pmm_gpu vs torch, roofline)
-#   bench_eigh 45 s  python -m profiling.bench_eigh --quick (Jacobi kernel vs cuSOLVER: case E at
+#   bench      35 s  python -m profiling.bench --device cuda --quick (cases A-E, pmm_gpu vs torch, roofline)
+#   bench_eigh 35 s  python -m profiling.bench_eigh --quick (Jacobi kernel vs cuSOLVER: case E at
 #                    n = 8, 16, 32, batch 2^16 (cuSOLVER 2^14), both precisions; cases A-C per solver)
-#   time_to_accuracy 35 s  python -m profiling.time_to_accuracy --device cuda (pmm_gpu, both geometries,
-#                    and torch: epochs and seconds to each case's target loss; time_to_accuracy.md)
-#   sanitizer  40 s  compute-sanitizer memcheck + racecheck over every kernel (tests/test_gpu_hardware.py)
+#   time_to_accuracy 25 s  python -m profiling.time_to_accuracy --device cuda (pmm_gpu and torch: epochs
+#                    and seconds to each case's target loss; time_to_accuracy.md)
+#   sanitizer  35 s  compute-sanitizer memcheck + racecheck over every kernel (tests/test_gpu_hardware.py)
 #   nsys    20+10 s  where nsys exists: a short case-C training run with NVTX ranges, `nsys stats` summary
 #   summary     5 s  profiling/results/gpu-<date>-<commit>.json and .md, copied to $OUT; one table last
-# Budgets 345 s; with timeout's 5 s kill grace per step at most 395 s. Exit status 0 when compile, tests
+# Budgets 305 s; with timeout's 5 s kill grace per step at most 355 s. Exit status 0 when compile, tests
 # and both benchmarks pass.
 # Needs python3 with numpy, cupy and pytest; pmm_gpu need not be installed (PYTHONPATH=. is used).
 # NVTX ranges need the `nvtx` package: importable, or carried as a wheel in .whl/ (see the device
@@ -87,21 +87,21 @@ if ! "$PY" -c "import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))['usab
 fi
 
 # --- compile, tests, benchmarks -------------------------------------------------------------------
-step compile 55 "$PY" -m profiling.compile_kernels --json "$WORK/compile.json"
+step compile 45 "$PY" -m profiling.compile_kernels --json "$WORK/compile.json"
 PER_TEST=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && PER_TEST=(--timeout 45)  # one hang must not eat the step
 step tests 85 "$PY" -m pytest -m "gpu and not slow" -v -p no:cacheprovider ${PER_TEST[@]+"${PER_TEST[@]}"} \
   --junitxml="$WORK/junit.xml" tests
-step bench 40 "$PY" -m profiling.bench --device "$DEVICE" --quick --json "$WORK/bench.json"
-step bench_eigh 45 "$PY" -m profiling.bench_eigh --device "$DEVICE" --quick --json "$WORK/bench_eigh.json"
-step time_to_accuracy 35 "$PY" -m profiling.time_to_accuracy --device "$DEVICE" --engines pmm_gpu,pmm_gpu:complex,torch \
+step bench 35 "$PY" -m profiling.bench --device "$DEVICE" --quick --json "$WORK/bench.json"
+step bench_eigh 35 "$PY" -m profiling.bench_eigh --device "$DEVICE" --quick --json "$WORK/bench_eigh.json"
+step time_to_accuracy 25 "$PY" -m profiling.time_to_accuracy --device "$DEVICE" --engines pmm_gpu,torch \
   --seeds 1 --rounds 3 --max-epochs 25 --out "$WORK/time_to_accuracy.md"
 
 # --- compute-sanitizer ------------------------------------------------------------------------------
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -1)
 if [ -n "$SANITIZER" ] && [ "$DEVICE" = cuda ]; then
   export PATH="$(dirname "$SANITIZER"):$PATH"
-  step sanitizer 40 "$PY" -m pytest -m "gpu and slow" -k sanitizer -v -p no:cacheprovider \
+  step sanitizer 35 "$PY" -m pytest -m "gpu and slow" -k sanitizer -v -p no:cacheprovider \
     --junitxml="$WORK/junit-sanitizer.xml" tests/test_gpu_hardware.py
 else
   skip sanitizer "compute-sanitizer not found or no GPU"

@@ -222,15 +222,24 @@ def main(argv=None) -> int:
             f"order(s) per engine, {cfg.rounds} timing rounds, threads {threads}")
     print(head, flush=True)
     results, notes = {}, []
-    for c in cfg.cases:
-        results[c] = run_case(bench.CASES[c], cfg, cfg.engines, notes)
+    try:
+        for c in cfg.cases:
+            results[c] = run_case(bench.CASES[c], cfg, cfg.engines, notes)
+            report(head, results, notes, cfg, final=False)  # a run cut short keeps its finished cases
+    except KeyboardInterrupt:  # gpu_check.sh's step budget (SIGINT): report the finished cases
+        notes.append(f"interrupted: cases {', '.join(results) or 'none'} finished")
+    print(report(head, results, notes, cfg)[len(head):])
+    return 0
+
+
+def report(head: str, results: dict, notes: list, cfg, final: bool = True) -> str:
+    """The markdown report of the finished cases, also written to --out (after every case)."""
     text = "\n".join([head, "", table(results, cfg), *[f"note: {n}" for n in dict.fromkeys(notes)], "",
                       "per-epoch training-set losses:", "```", curves(results), "```"])
-    print(text[len(head):])
     if cfg.out:
         with open(cfg.out, "w") as f:
-            f.write(text + "\n")
-    return 0
+            f.write(text + ("\n" if final else "\n(in progress)\n"))
+    return text
 
 
 if __name__ == "__main__":
