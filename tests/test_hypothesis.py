@@ -133,13 +133,16 @@ def predict_property(case):
         assert np.isfinite(out).all()
 
 
+def draw_model_and_data(draw, rows: int):
+    """A model index, X of ``rows`` rows, and Y of ``rows`` rows or, now and then, one too few."""
+    i = draw(st.integers(0, len(MODELS) - 1))
+    X = draw(arrays(MODELS[i][1]["n_features"], rows=st.just(rows)))
+    return i, X, draw(arrays(cached_model(i).n_outputs, rows=st.sampled_from([rows, rows, rows - 1])))
+
+
 @st.composite
 def loss_cases(draw):
-    i = draw(st.integers(0, len(MODELS) - 1))
-    m = MODELS[i][1]
-    q = cached_model(i).n_outputs
-    X = draw(arrays(m["n_features"], rows=st.just(6)))
-    return i, X, draw(arrays(q, rows=st.sampled_from([6, 6, 5]))), draw(st.sampled_from(["mse", "mae", "huber"]))
+    return *draw_model_and_data(draw, 6), draw(st.sampled_from(["mse", "mae", "huber"]))
 
 
 def loss_and_grad_property(case):
@@ -171,11 +174,7 @@ FIT_ARGS = {"epochs": [1, 2, 0, -1, 1.5, np.int64(2)], "batch_size": [4, 1, 100,
 
 @st.composite
 def fit_cases(draw):
-    i = draw(st.integers(0, len(MODELS) - 1))
-    m = MODELS[i][1]
-    q = cached_model(i).n_outputs
-    X = draw(arrays(m["n_features"], rows=st.just(8)))
-    Y = draw(arrays(q, rows=st.sampled_from([8, 8, 7])))
+    i, X, Y = draw_model_and_data(draw, 8)
     kw = {k: draw(st.sampled_from(v)) for k, v in FIT_ARGS.items() if draw(st.booleans())}
     return i, X, Y, kw
 
